@@ -1,0 +1,3 @@
+from esxi_watcher.cli import main
+
+raise SystemExit(main())

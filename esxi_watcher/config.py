@@ -1,0 +1,344 @@
+"""Load the YAML configuration into frozen dataclasses.
+
+One table, OPTIONS, describes every key: its parser, default, description and example. It feeds
+both the validation (every problem reported at once, by dotted key) and config.example.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from esxi_watcher.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/esxi-watcher/config.yaml")
+REQUIRED = object()
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_duration(value: Any) -> float:
+    """Given seconds (a number) or a string such as '90m', '1h30m' or '45s', return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be seconds or a duration such as '90m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower()
+        parts = _DURATION_PART.findall(text)
+        if not parts or _DURATION_PART.sub("", text).strip():
+            raise ValueError(f"{value!r} is not a duration such as '90m', '1h30m' or '45s'")
+        seconds = sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+    else:
+        raise ValueError("must be seconds or a duration such as '90m'")
+    if seconds <= 0:
+        raise ValueError("must be more than zero")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    """Given bytes (a number) or a string such as '64GiB' or '500M', return bytes."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size such as '64GiB'")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([kmgt]?)(i?b)?\s*", value.lower())
+        if not match:
+            raise ValueError(f"{value!r} is not a size such as '64GiB'")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise ValueError("must be a size such as '64GiB'")
+    if size <= 0:
+        raise ValueError("must be more than zero")
+    return size
+
+
+def parse_path(value: Any) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a path")
+    path = Path(value)
+    if not path.is_absolute():
+        raise ValueError(f"{value!r} must be an absolute path")
+    return path
+
+
+def parse_text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def parse_url(value: Any) -> str:
+    text = parse_text(value)
+    if not re.match(r"https?://[^/\s]+", text):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return text if text.endswith("/") else text + "/"
+
+
+def parse_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def parse_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
+def parse_command(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of strings (an argv list, not a shell string)")
+    if "{iso}" not in " ".join(value):
+        raise ValueError("must use the {iso} placeholder")
+    return tuple(value)
+
+
+def parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def parse_name_template(value: Any) -> str:
+    from esxi_watcher.naming import check_name_template
+
+    return check_name_template(parse_text(value))
+
+
+def parse_title_template(value: Any) -> str:
+    from esxi_watcher.naming import check_title_template
+
+    return check_title_template(parse_text(value))
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    description: str
+    example: Any = None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("drop_dir", parse_path, "/var/lib/esxi-drop",
+           "Folder admins copy ESXi installer ISOs into. Processed ISOs move to done/, bad ones to "
+           "rejected/, builds that failed for good to failed/ (each with <name>.reason.txt)."),
+    Option("state_dir", parse_path, "/var/lib/esxi-watcher",
+           "Job database (jobs.sqlite3), build work dirs (work/) and build logs (logs/)."),
+    Option("watch.settle", parse_duration, "5s",
+           "How long an ISO's size and modification time must stay unchanged before it is read."),
+    Option("watch.rescan_interval", parse_duration, "5m",
+           "How often the whole drop dir is scanned again, to catch anything inotify missed."),
+    Option("watch.max_iso_size", parse_size, "64GiB",
+           "Files larger than this are rejected without being read."),
+    Option("build.template_dir", parse_path, REQUIRED,
+           "The vmware-esxi folder of an existing packer-maas checkout. Each job builds in a copy of "
+           "it (and of its sibling scripts/ folder) under state_dir/work/<job>/.",
+           "/opt/packer-maas/vmware-esxi"),
+    Option("build.command", parse_command, None,
+           "The build command as an argv list (no shell) with {iso} and {workdir} placeholders. "
+           "Left empty, it is chosen from the template folder: Makefile -> make ISO={iso}; "
+           "*.pkr.hcl -> packer init + packer build; *.json -> packer build.",
+           ["make", "ISO={iso}", "TIMEOUT=2h"]),
+    Option("build.artifact", parse_text, "vmware-esxi.dd.gz",
+           "The file the build writes in the template folder; it must be a complete gzip."),
+    Option("build.timeout", parse_duration, "2h",
+           "A build still running after this long is killed (its whole process group)."),
+    Option("build.retries", parse_count, 1,
+           "How many more times a build that failed in a way that may be transient is tried."),
+    Option("maas.url", parse_url, "http://localhost:5240/MAAS/",
+           "The MAAS region API, e.g. http://localhost:5240/MAAS/. Use the local region controller, "
+           "not a load-balanced address: each upload chunk is appended on the region receiving it."),
+    Option("maas.api_key_file", parse_path, "/etc/esxi-watcher/maas-api-key",
+           "File holding an admin's MAAS API key (`maas apikey --username=NAME`). It must not be "
+           "readable by others. Without it, images are built and wait for registration."),
+    Option("maas.name_template", parse_name_template, "esxi/{version}-{build}{vendor_suffix}",
+           "The boot resource name. Fields: {major} {minor} {patch} {version} (8.0.2) {update} "
+           "(U2 or empty) {build} {vendor} {vendor_suffix} (-dell, -hpe, or empty for stock ISOs). "
+           "Must start with esxi/."),
+    Option("maas.title_template", parse_title_template,
+           "VMware ESXi {major}.{minor}{update} {build}{vendor_title}",
+           "The title MAAS shows. Same fields as the name, plus {vendor_title} (' (Dell)' or empty)."),
+    Option("maas.architecture", parse_text, "amd64/generic", "Architecture of the boot resource."),
+    Option("maas.retries", parse_count, 8,
+           "How many times a registration is retried when MAAS is unreachable or answers 5xx."),
+    Option("maas.retry_max_wait", parse_duration, "10m",
+           "The longest wait between two registration attempts (the backoff doubles up to this)."),
+    Option("maas.request_timeout", parse_duration, "120s", "Timeout of one HTTP request to MAAS."),
+    Option("maas.notify", parse_bool, True,
+           "Post a notification to MAAS admins when an image is registered or fails."),
+    Option("log.format", parse_choice("console", "json"), "console",
+           "console: key=value lines (journald adds the time); json: one JSON object per line."),
+    Option("log.level", parse_choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
+)
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    settle: float
+    rescan_interval: float
+    max_iso_size: int
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    template_dir: Path
+    command: tuple[str, ...] | None
+    artifact: str
+    timeout: float
+    retries: int
+
+
+@dataclass(frozen=True)
+class MaasConfig:
+    url: str
+    api_key_file: Path
+    name_template: str
+    title_template: str
+    architecture: str
+    retries: int
+    retry_max_wait: float
+    request_timeout: float
+    notify: bool
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str
+    level: str
+
+
+@dataclass(frozen=True)
+class Config:
+    drop_dir: Path
+    state_dir: Path
+    watch: WatchConfig
+    build: BuildConfig
+    maas: MaasConfig
+    log: LogConfig
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def work_root(self) -> Path:
+        return self.state_dir / "work"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+_SECTIONS = {"watch": WatchConfig, "build": BuildConfig, "maas": MaasConfig, "log": LogConfig}
+
+
+def _lookup(document: dict, key: str) -> tuple[bool, Any]:
+    node: Any = document
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _unknown_keys(document: dict) -> list[str]:
+    known = {option.key for option in OPTIONS}
+    problems = []
+    for key, value in document.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                problems.append(f"At '{key}': must be a mapping")
+                continue
+            problems += [f"At '{key}.{sub}': unknown key" for sub in value if f"{key}.{sub}" not in known]
+        elif key not in known:
+            problems.append(f"At '{key}': unknown key")
+    return problems
+
+
+def parse_config(document: Any, source: str = "config") -> Config:
+    """Given the parsed YAML document, return a Config or raise ConfigError listing every problem."""
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError(source, ["the top level must be a mapping of keys to values"])
+    problems = _unknown_keys(document)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        found, raw = _lookup(document, option.key)
+        if not found or raw is None and option.default is not None:
+            if option.default is REQUIRED:
+                problems.append(f"At '{option.key}': required ({option.description.split('.')[0]})")
+                continue
+            raw = option.default
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as error:
+            problems.append(f"At '{option.key}': {error}")
+    if problems:
+        raise ConfigError(source, problems)
+    return _assemble(values)
+
+
+def _assemble(values: dict[str, Any]) -> Config:
+    sections = {}
+    for name, cls in _SECTIONS.items():
+        fields = {f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)}
+        sections[name] = cls(**fields)
+    return Config(drop_dir=values["drop_dir"], state_dir=values["state_dir"], **sections)
+
+
+def load_config(path: Path) -> Config:
+    """Given a YAML file's path, return its Config; raise ConfigError naming every bad key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(str(path), [f"cannot read: {error.strerror}"]) from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(str(path), [f"not valid YAML: {error}".replace("\n", " ")]) from None
+    return parse_config(document, str(path))
+
+
+def example_yaml() -> str:
+    """Return config.example.yaml: every option with its description and default or example."""
+    lines = ["# esxi-watcher configuration (/etc/esxi-watcher/config.yaml).",
+             "# Generated from esxi_watcher/config.py: `esxi-watcher config-example`.", ""]
+    section = None
+    for option in OPTIONS:
+        head, _, leaf = option.key.rpartition(".")
+        if head != section:
+            if head:
+                lines += ["", f"{head}:"]
+            section = head
+        indent = "  " if head else ""
+        for text in _wrap(option.description):
+            lines.append(f"{indent}# {text}")
+        value = option.example if option.default in (REQUIRED, None) else option.default
+        dumped = yaml.safe_dump({leaf: value}, default_flow_style=True, width=200).strip()[1:-1]
+        prefix = "" if option.default is not None or value is None else "# "
+        lines.append(f"{indent}{prefix}{dumped}")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int = 96) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)

@@ -1,0 +1,44 @@
+"""Named errors: each has a fixed meaning and the exit code the CLI returns for it."""
+
+
+class EsxiWatcherError(Exception):
+    """Base of every error esxi-watcher raises on purpose; its message is one line for the operator."""
+
+    exit_code = 1
+
+
+class ConfigError(EsxiWatcherError):
+    """The configuration file is missing, unreadable or holds bad values (all of them listed)."""
+
+    exit_code = 2
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class NotEsxiIso(EsxiWatcherError):
+    """The file is not a VMware ESXi installer ISO (the reason says why)."""
+
+    exit_code = 2
+
+
+class BuildFailed(EsxiWatcherError):
+    """The Packer build failed; the message carries the last lines of its log."""
+
+    def __init__(self, reason: str, transient: bool = False):
+        self.transient = transient
+        super().__init__(reason)
+
+
+class MaasError(EsxiWatcherError):
+    """MAAS refused the image for a reason retrying will not fix."""
+
+
+class MaasAuthError(MaasError):
+    """MAAS answered 401/403: the API key is wrong, revoked or not an admin's."""
+
+
+class MaasUnavailable(EsxiWatcherError):
+    """MAAS could not be reached or answered 5xx: worth retrying later."""

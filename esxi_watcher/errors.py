@@ -32,6 +32,13 @@ class BuildFailed(EsxiWatcherError):
         super().__init__(reason)
 
 
+class BuildStopped(BuildFailed):
+    """The build was stopped on purpose (the daemon is shutting down); it did not fail by itself."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, transient=True)
+
+
 class MaasError(EsxiWatcherError):
     """MAAS refused the image for a reason retrying will not fix."""
 

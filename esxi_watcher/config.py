@@ -17,7 +17,6 @@ import yaml
 from esxi_watcher.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/esxi-watcher/config.yaml")
-REQUIRED = object()
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
 _DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
@@ -147,10 +146,9 @@ OPTIONS: tuple[Option, ...] = (
            "How often the whole drop dir is scanned again, to catch anything inotify missed."),
     Option("watch.max_iso_size", parse_size, "64GiB",
            "Files larger than this are rejected without being read."),
-    Option("build.template_dir", parse_path, REQUIRED,
+    Option("build.template_dir", parse_path, "/opt/packer-maas/vmware-esxi",
            "The vmware-esxi folder of an existing packer-maas checkout. Each job builds in a copy of "
-           "it (and of its sibling scripts/ folder) under state_dir/work/<job>/.",
-           "/opt/packer-maas/vmware-esxi"),
+           "it (and of its sibling scripts/ folder) under state_dir/work/<job>/."),
     Option("build.command", parse_command, None,
            "The build command as an argv list (no shell) with {iso} and {workdir} placeholders. "
            "Left empty, it is chosen from the template folder: Makefile -> make ISO={iso}; "
@@ -282,10 +280,7 @@ def parse_config(document: Any, source: str = "config") -> Config:
     values: dict[str, Any] = {}
     for option in OPTIONS:
         found, raw = _lookup(document, option.key)
-        if not found or raw is None and option.default is not None:
-            if option.default is REQUIRED:
-                problems.append(f"At '{option.key}': required ({option.description.split('.')[0]})")
-                continue
+        if not found or raw is None:
             raw = option.default
         try:
             values[option.key] = option.parse(raw)
@@ -331,7 +326,7 @@ def example_yaml() -> str:
         indent = "  " if head else ""
         for text in _wrap(option.description):
             lines.append(f"{indent}# {text}")
-        value = option.example if option.default in (REQUIRED, None) else option.default
+        value = option.example if option.default is None else option.default
         dumped = yaml.safe_dump({leaf: value}, default_flow_style=True, width=200).strip()[1:-1]
         prefix = "" if option.default is not None or value is None else "# "
         lines.append(f"{indent}{prefix}{dumped}")

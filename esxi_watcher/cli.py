@@ -1,0 +1,161 @@
+"""Command-line entry points: run, inspect, status, logs, retry, forget, doctor, config-example.
+
+Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from esxi_watcher import __version__
+from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, example_yaml, load_config
+from esxi_watcher.errors import EsxiWatcherError
+
+
+class UsageError(EsxiWatcherError):
+    exit_code = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esxi-watcher", description=(
+        "Turn VMware ESXi installer ISOs dropped in a folder into MAAS boot resources."))
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"configuration file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", help="run the daemon (what the systemd service does)")
+    inspect = commands.add_parser("inspect", help="say whether an ISO is an ESXi installer, and which")
+    inspect.add_argument("iso", type=Path)
+    inspect.add_argument("--json", action="store_true")
+    status = commands.add_parser("status", help="list the jobs")
+    status.add_argument("--json", action="store_true")
+    logs = commands.add_parser("logs", help="print a job's build log")
+    logs.add_argument("job", type=int)
+    retry = commands.add_parser("retry", help="try a failed job again (e.g. after fixing the API key)")
+    retry.add_argument("job", type=int)
+    forget = commands.add_parser("forget", help="drop a finished job from the store (its files stay)")
+    forget.add_argument("job", type=int)
+    commands.add_parser("doctor", help="check the configuration, template, packer, KVM and MAAS")
+    commands.add_parser("config-example", help="print an example configuration with every key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        return _dispatch(arguments)
+    except EsxiWatcherError as error:
+        print(f"esxi-watcher: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(arguments: argparse.Namespace) -> int:
+    if arguments.command == "config-example":
+        sys.stdout.write(example_yaml())
+        return 0
+    if arguments.command == "inspect":
+        return _inspect(arguments.iso, arguments.json)
+    config = load_config(arguments.config)
+    handlers = {"run": _run, "status": _status, "logs": _logs, "retry": _retry, "forget": _forget,
+                "doctor": _doctor}
+    return handlers[arguments.command](config, arguments)
+
+
+def _inspect(path: Path, as_json: bool) -> int:
+    from esxi_watcher.iso import inspect_iso
+
+    facts = inspect_iso(path)
+    if as_json:
+        print(json.dumps(facts.to_dict(), indent=2))
+    elif facts.esxi:
+        update = facts.update or ""
+        vendor = f", {facts.vendor} image" if facts.vendor else ""
+        print(f"VMware ESXi {facts.major}.{facts.minor}{update} build {facts.build} "
+              f"(version {facts.version}{vendor})")
+    if not facts.esxi:
+        print(f"esxi-watcher: {path}: not an ESXi installer ISO: {facts.reason}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.daemon import Daemon
+    from esxi_watcher.logs import configure_logging
+
+    configure_logging(config.log.format, config.log.level)
+    return Daemon(config, config_path=arguments.config).run()
+
+
+def _open_store(config: Config):
+    from esxi_watcher.store import JobStore
+
+    if not config.db_path.exists():
+        raise UsageError(f"no job store at {config.db_path}: the daemon has not run yet")
+    return JobStore(config.db_path)
+
+
+def _job(store, job_id: int):
+    job = store.get(job_id)
+    if job is None:
+        raise UsageError(f"no job {job_id}: see `esxi-watcher status`")
+    return job
+
+
+def _status(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.status import job_rows, job_table
+
+    if not config.db_path.exists():
+        print("[]" if arguments.json else "no jobs yet")
+        return 0
+    store = _open_store(config)
+    jobs = store.jobs()
+    print(json.dumps(job_rows(jobs), indent=2) if arguments.json else job_table(jobs))
+    return 0
+
+
+def _logs(config: Config, arguments: argparse.Namespace) -> int:
+    store = _open_store(config)
+    job = _job(store, arguments.job)
+    log_path = config.logs_dir / f"{job.id}.log"
+    if not log_path.exists():
+        raise UsageError(f"job {job.id} has no build log (state {job.state})")
+    with open(log_path, "rb") as log_file:
+        for chunk in iter(lambda: log_file.read(1 << 16), b""):
+            sys.stdout.buffer.write(chunk)
+    return 0
+
+
+def _retry(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.retry import retry_job
+
+    store = _open_store(config)
+    job = retry_job(store, _job(store, arguments.job), config.drop_dir)
+    print(f"job {job.id} is {job.state} again: {job.iso}")
+    return 0
+
+
+def _forget(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.store import FINAL_STATES
+
+    store = _open_store(config)
+    job = _job(store, arguments.job)
+    if job.state not in FINAL_STATES:
+        raise UsageError(f"job {job.id} is {job.state}: only finished jobs can be forgotten")
+    store.delete(job.id)
+    print(f"forgot job {job.id} ({job.iso}); its files are where they were: {job.iso_path}")
+    return 0
+
+
+def _doctor(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.doctor import run_checks
+
+    problems = 0
+    for ok, line in run_checks(config):
+        print(("ok    " if ok else "FAIL  ") + line)
+        problems += not ok
+    return 1 if problems else 0

@@ -1,0 +1,390 @@
+"""The daemon: moves jobs through their states and tells systemd what it is doing.
+
+Three threads: the main loop (watch, intake, status, watchdog), one builder (one Packer build at a
+time: it needs the host's KVM, memory and disk) and one registrar (uploads to MAAS), so a MAAS
+outage never holds builds back. All state lives in the job store; threads only read and write it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import structlog
+
+from esxi_watcher import build, host, maas, outcomes, sdnotify
+from esxi_watcher.config import Config
+from esxi_watcher.errors import BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable
+from esxi_watcher.intake import Intake
+from esxi_watcher.iso import IsoFacts
+from esxi_watcher.logs import add_secret, redact
+from esxi_watcher.naming import resource_name, resource_title
+from esxi_watcher.status import status_line
+from esxi_watcher.store import (BUILDING, BUILT, DUPLICATE, FAILED, FINAL_STATES, QUEUED, REGISTERED,
+                                REJECTED, UPLOADING, Job, JobStore)
+
+log = structlog.get_logger(__name__)
+
+TICK = 0.5
+NO_KEY_RECHECK = 30.0
+KVM_RECHECK = 600.0
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.stop_event = threading.Event()
+        self.store: JobStore | None = None
+        self.activity: dict[str, str] = {}
+        self._threads: list[threading.Thread] = []
+
+    # ----- life cycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT; return the exit code."""
+        from esxi_watcher.watch import DropWatcher
+
+        self._prepare_dirs()
+        self.store = JobStore(self.config.db_path)
+        self._install_signal_handlers()
+        self.recover()
+        watcher = DropWatcher(self.config.drop_dir, self.config.watch.settle)
+        watcher.start()
+        watcher.rescan_if_requested()
+        self._start_worker("builder", self._builder_loop)
+        self._start_worker("registrar", self._registrar_loop)
+        self._notify(ready=True)
+        log.info("daemon.ready", drop_dir=str(self.config.drop_dir), state_dir=str(self.config.state_dir))
+        try:
+            self._main_loop(watcher)
+        finally:
+            sdnotify.notify(STOPPING="1", STATUS="stopping")
+            watcher.stop()
+            for thread in self._threads:
+                thread.join(timeout=15)
+            self.store.close()
+            log.info("daemon.stopped")
+        return 0
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *_: self.stop())
+
+    def _prepare_dirs(self) -> None:
+        for folder in (self.config.state_dir, self.config.work_root, self.config.logs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.config.drop_dir.mkdir(parents=True, exist_ok=True)
+
+    def _start_worker(self, name: str, target) -> None:
+        thread = threading.Thread(target=self._guarded(name, target), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _guarded(self, name: str, loop):
+        def run() -> None:
+            while not self.stop_event.is_set():
+                try:
+                    loop()
+                except Exception:  # a bug in one job must not stop the daemon
+                    log.exception("worker.crashed", worker=name)
+                    self.stop_event.wait(5)
+        return run
+
+    def _main_loop(self, watcher) -> None:
+        intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event)
+        next_rescan = time.monotonic() + self.config.watch.rescan_interval
+        ping_every = sdnotify.watchdog_interval()
+        last_ping = 0.0
+        while not self.stop_event.is_set():
+            watcher.ensure_watching()
+            if time.monotonic() >= next_rescan:
+                watcher.request_rescan("periodic reconcile")
+                next_rescan = time.monotonic() + self.config.watch.rescan_interval
+            watcher.rescan_if_requested()
+            known = set(self.store.identities_in_drop_dir())
+            for path in watcher.ready(known):
+                if self.stop_event.is_set():
+                    break
+                try:
+                    intake.take_in(path)
+                except Exception:
+                    log.exception("intake.crashed", iso=path.name)
+            self._notify()
+            if ping_every and time.monotonic() - last_ping >= ping_every:
+                sdnotify.notify(WATCHDOG="1")
+                last_ping = time.monotonic()
+            self.stop_event.wait(TICK)
+
+    def _notify(self, ready: bool = False) -> None:
+        fields = {"STATUS": status_line(self.store.counts(), self.activity)}
+        if ready:
+            fields["READY"] = "1"
+        sdnotify.notify(**fields)
+
+    # ----- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Re-enter every step a previous run left half-done."""
+        store = self.store
+        dead_builds = {str(job.id) for job in store.jobs((BUILDING,))}
+        report = host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs=dead_builds or None,
+                                 extra_dirs=[self.config.work_root])
+        log.info("recover.host_cleaned", **report.summary())
+        for job in store.jobs((BUILDING,)):
+            store.update(job.id, state=QUEUED, stage="re-queued after restart", pgid=None,
+                         build_attempts=max(job.build_attempts - 1, 0))
+            log.warning("recover.requeued", job=job.id, iso=job.iso)
+        for job in store.jobs((UPLOADING,)):
+            store.update(job.id, state=BUILT, stage="upload interrupted by restart: starts over")
+            log.warning("recover.upload_restarts", job=job.id, resource=job.resource)
+        for job in store.jobs(FINAL_STATES):
+            self._finish_move(job)
+        self._remove_orphan_workdirs()
+
+    def _finish_move(self, job: Job) -> None:
+        path = Path(job.iso_path)
+        if path.parent != self.config.drop_dir or not os.path.lexists(path):
+            return
+        outcome = {REGISTERED: outcomes.DONE, DUPLICATE: outcomes.DONE, FAILED: outcomes.FAILED,
+                   REJECTED: outcomes.REJECTED}[job.state]
+        reason = job.error if job.state != REGISTERED else None
+        moved = outcomes.move_to_outcome(self.config.drop_dir, path, outcome, job.id, reason)
+        self.store.update(job.id, iso_path=str(moved))
+
+    def _remove_orphan_workdirs(self) -> None:
+        keep = {str(job.id) for job in self.store.jobs((BUILT, UPLOADING))}
+        keep |= {str(job.id) for job in self.store.jobs((FAILED,)) if job.failed_stage == "register"}
+        for entry in self.config.work_root.iterdir():
+            if entry.name not in keep:
+                log.info("recover.workdir_removed", workdir=str(entry))
+                build.remove_workdir(entry)
+
+    # ----- building ---------------------------------------------------------------------------
+
+    def _builder_loop(self) -> None:
+        job = self.store.next_due(QUEUED)
+        if job is None:
+            self.stop_event.wait(1)
+            return
+        self.build_job(job)
+
+    def build_job(self, job: Job) -> None:
+        store = self.store
+        if not _file_unchanged(job):
+            reason = "the ISO was removed or replaced in the drop dir before it was built"
+            store.update(job.id, state=FAILED, failed_stage="build", error=reason)
+            log.warning("build.iso_gone", job=job.id, iso=job.iso)
+            return
+        waiting = self._kvm_problem()
+        if waiting:
+            store.update(job.id, stage="waiting for KVM", error=waiting, next_try=time.time() + KVM_RECHECK)
+            self.activity["builder"] = f"waiting: {waiting}"
+            return
+        workdir = self.config.work_root / str(job.id)
+        log_path = self.config.logs_dir / f"{job.id}.log"
+        attempts = job.build_attempts + 1
+        store.update(job.id, state=BUILDING, stage="starting", error=None, build_attempts=attempts)
+        started = time.monotonic()
+        self.activity["builder"] = f"building {_stem(job.iso)} (0 min, starting)"
+        log.info("build.started", job=job.id, iso=job.iso, attempt=attempts, workdir=str(workdir))
+        host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs=None, extra_dirs=[])
+        try:
+            artifact = build.run_build(
+                job_id=str(job.id), template_dir=self.config.build.template_dir,
+                command=self.config.build.command, artifact_name=self.config.build.artifact,
+                iso=Path(job.iso_path), workdir=workdir, log_path=log_path,
+                timeout=self.config.build.timeout,
+                on_line=self._progress_reporter(job, started),
+                on_start=lambda pid: store.update(job.id, pgid=pid),
+                stop_event=self.stop_event)
+        except BuildFailed as failure:
+            self._build_failed(store.get(job.id), failure, workdir)
+        else:
+            store.update(job.id, state=BUILT, stage="built", artifact=str(artifact), pgid=None,
+                         error=None, next_try=0)
+            log.info("build.finished", job=job.id, iso=job.iso, artifact=str(artifact),
+                     minutes=round((time.monotonic() - started) / 60, 1))
+        finally:
+            self.activity.pop("builder", None)
+
+    def _progress_reporter(self, job: Job, started: float):
+        from esxi_watcher.progress import BuildProgress
+
+        progress = BuildProgress()
+        last_stage = [None]
+
+        def on_line(line: str) -> None:
+            progress.feed_packer(line)
+            minutes = int((time.monotonic() - started) / 60)
+            self.activity["builder"] = f"building {_stem(job.iso)} ({minutes} min, {progress.stage})"
+            if progress.stage != last_stage[0]:
+                last_stage[0] = progress.stage
+                self.store.update(job.id, stage=progress.stage)
+        return on_line
+
+    def _build_failed(self, job: Job, failure: BuildFailed, workdir: Path) -> None:
+        store = self.store
+        host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs={str(job.id)}, extra_dirs=[workdir])
+        if self.stop_event.is_set():
+            store.update(job.id, state=QUEUED, stage="interrupted by shutdown", pgid=None,
+                         build_attempts=max(job.build_attempts - 1, 0))
+            build.remove_workdir(workdir)
+            return
+        reason = str(failure)
+        if failure.transient and job.build_attempts <= self.config.build.retries:
+            wait = 60.0 * job.build_attempts
+            store.update(job.id, state=QUEUED, stage=f"retry in {int(wait)} s", error=reason, pgid=None,
+                         next_try=time.time() + wait)
+            log.warning("build.retry_later", job=job.id, iso=job.iso, reason=reason, wait=wait)
+        else:
+            self._fail(job, "build", reason)
+        build.remove_workdir(workdir)
+
+    def _kvm_problem(self) -> str | None:
+        from esxi_watcher import kvm
+
+        if not kvm.template_wants_kvm(self.config.build.template_dir, self.config.build.command):
+            return None
+        verdict = kvm.kvm_can_run_guests(cache_dir=self.config.state_dir)
+        return None if verdict.ok else verdict.reason
+
+    # ----- registering ------------------------------------------------------------------------
+
+    def _registrar_loop(self) -> None:
+        job = self.store.next_due(BUILT)
+        if job is None:
+            self.stop_event.wait(1)
+            return
+        self.register_job(job)
+
+    def register_job(self, job: Job) -> None:
+        store = self.store
+        try:
+            api_key = maas.read_api_key(self.config.maas.api_key_file)
+        except EsxiWatcherError as error:
+            where = self.config_path or "/etc/esxi-watcher/config.yaml"
+            store.update(job.id, stage=f"no MAAS API key: see {where}", error=str(error),
+                         next_try=time.time() + NO_KEY_RECHECK)
+            self.activity["registrar"] = f"no MAAS API key: see {where}"
+            return
+        add_secret(api_key)
+        facts = IsoFacts(**job.facts)
+        name = resource_name(self.config.maas.name_template, facts)
+        title = resource_title(self.config.maas.title_template, facts)
+        store.update(job.id, state=UPLOADING, stage="uploading", resource=name,
+                     register_attempts=job.register_attempts + 1)
+        self.activity["registrar"] = f"uploading {name}"
+        try:
+            registration = self._run_registration(job, api_key, name, title)
+        except asyncio.CancelledError:
+            store.update(job.id, state=BUILT, stage="upload interrupted by shutdown")
+        except MaasUnavailable as error:
+            self._maas_unavailable(store.get(job.id), redact(str(error)))
+        except MaasAuthError as error:
+            self._fail(store.get(job.id), "register", redact(str(error)))
+        except EsxiWatcherError as error:
+            self._fail(store.get(job.id), "register", redact(str(error)))
+        else:
+            self._registered(store.get(job.id), registration, api_key)
+        finally:
+            self.activity.pop("registrar", None)
+
+    def _run_registration(self, job: Job, api_key: str, name: str, title: str):
+        settings = self.config.maas
+
+        def progress(fraction: float) -> None:
+            self.activity["registrar"] = f"uploading {name} {int(fraction * 100)}%"
+
+        def on_retry(reason: str, wait: float) -> None:
+            self.activity["registrar"] = f"waiting for MAAS: {redact(reason)}, retry in {_for_humans(wait)}"
+
+        async def register():
+            task = asyncio.ensure_future(maas.register_image(
+                url=settings.url, api_key=api_key, name=name, title=title,
+                architecture=settings.architecture, artifact=Path(job.artifact), sha256=_sha256_file(job.artifact),
+                size=os.path.getsize(job.artifact), progress=progress, on_retry=on_retry,
+                request_timeout=settings.request_timeout, retries=3, retry_max_wait=30))
+            while not task.done():
+                if self.stop_event.is_set():
+                    task.cancel()
+                await asyncio.wait([task], timeout=TICK)
+            return task.result()
+
+        return asyncio.run(register())
+
+    def _maas_unavailable(self, job: Job, reason: str) -> None:
+        settings = self.config.maas
+        if job.register_attempts > settings.retries:
+            self._fail(job, "register", f"MAAS unavailable after {job.register_attempts} attempts: {reason}")
+            return
+        wait = min(settings.retry_max_wait, 30.0 * 2 ** (job.register_attempts - 1))
+        store = self.store
+        store.update(job.id, state=BUILT, stage=f"waiting for MAAS: {reason}", error=reason,
+                     next_try=time.time() + wait)
+        log.warning("register.retry_later", job=job.id, resource=job.resource, reason=reason, wait=wait)
+        self.activity["registrar"] = f"waiting for MAAS: {reason}, retry in {_for_humans(wait)}"
+
+    def _registered(self, job: Job, registration, api_key: str) -> None:
+        store = self.store
+        store.update(job.id, state=REGISTERED, stage=None, error=None, resource=registration.name,
+                     resource_id=registration.resource_id, next_try=0)
+        log.info("register.done", job=job.id, resource=registration.name, resource_id=registration.resource_id,
+                 set_version=registration.set_version, uploaded=registration.uploaded, sha256=registration.sha256)
+        self._finish_move(store.get(job.id))
+        build.remove_workdir(self.config.work_root / str(job.id))
+        if self.config.maas.notify:
+            self._notify_admins(api_key, f"esxi-watcher registered {registration.name} from {job.iso}.",
+                                "success", f"esxi-watcher-{job.id}")
+
+    def _notify_admins(self, api_key: str, message: str, category: str, ident: str) -> None:
+        settings = self.config.maas
+        try:
+            asyncio.run(maas.notify_admins(url=settings.url, api_key=api_key, message=message,
+                                           category=category, ident=ident))
+        except Exception as error:  # a banner is a courtesy; never fail a job for it
+            log.warning("notify.failed", error=redact(str(error)))
+
+    # ----- shared -----------------------------------------------------------------------------
+
+    def _fail(self, job: Job, stage: str, reason: str) -> None:
+        self.store.update(job.id, state=FAILED, failed_stage=stage, error=reason, pgid=None, stage=None)
+        log.error("job.failed", job=job.id, iso=job.iso, stage=stage, reason=reason)
+        self._finish_move(self.store.get(job.id))
+
+
+def _file_unchanged(job: Job) -> bool:
+    from esxi_watcher.watch import file_identity
+
+    try:
+        return file_identity(os.lstat(job.iso_path)) == job.file_identity
+    except OSError:
+        return False
+
+
+def _sha256_file(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as artifact:
+        for chunk in iter(lambda: artifact.read(4 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _stem(name: str) -> str:
+    return name[:-4] if name.lower().endswith(".iso") else name
+
+
+def _for_humans(seconds: float) -> str:
+    return f"{int(seconds)} s" if seconds < 90 else f"{round(seconds / 60)} min"
+

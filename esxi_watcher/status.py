@@ -1,0 +1,53 @@
+"""What the daemon is doing, in one line (systemd's STATUS=) and as a table (`esxi-watcher status`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+from esxi_watcher.store import Job
+
+
+def status_line(counts: dict[str, int], activity: dict[str, str]) -> str:
+    """Given job counts by state and what the workers do now, return systemd's STATUS= text."""
+    doing = [activity[worker] for worker in ("builder", "registrar") if activity.get(worker)]
+    if doing:
+        return "; ".join(doing)
+    idle = f"idle: {counts.get('registered', 0)} registered, {counts.get('queued', 0)} queued"
+    if counts.get("built"):
+        idle += f", {counts['built']} waiting for MAAS"
+    if counts.get("failed"):
+        idle += f", {counts['failed']} failed"
+    return idle
+
+
+def job_rows(jobs: Iterable[Job]) -> list[dict]:
+    """The JSON form of `status --json`: one object per job."""
+    rows = []
+    for job in jobs:
+        facts = job.facts or {}
+        rows.append({
+            "id": job.id, "iso": job.iso, "iso_path": job.iso_path, "sha256": job.sha256,
+            "state": job.state, "stage": job.stage, "resource": job.resource,
+            "resource_id": job.resource_id, "error": job.error, "version": facts.get("version"),
+            "update": facts.get("update"), "build": facts.get("build"), "vendor": facts.get("vendor"),
+            "build_attempts": job.build_attempts, "register_attempts": job.register_attempts,
+            "duplicate_of": job.duplicate_of,
+            "next_try": job.next_try if job.next_try > time.time() else None,
+            "updated": job.updated,
+        })
+    return rows
+
+
+def job_table(jobs: Iterable[Job]) -> str:
+    """A plain table for people: id, state, ISO, resource or reason."""
+    lines = [f"{'ID':>4}  {'STATE':<10}  {'ISO':<48}  RESOURCE / REASON"]
+    for job in jobs:
+        detail = job.resource or ""
+        if job.error and job.state not in ("registered",):
+            detail = (detail + ": " if detail else "") + job.error
+        elif job.stage and job.state not in ("registered",):
+            detail = (detail + ": " if detail else "") + job.stage
+        iso = job.iso.replace("\n", "\\n")
+        lines.append(f"{job.id:>4}  {job.state:<10}  {iso[:48]:<48}  {detail.splitlines()[0] if detail else ''}")
+    return "\n".join(lines)

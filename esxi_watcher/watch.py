@@ -1,0 +1,232 @@
+"""Watch the drop dir and say when a dropped file is complete.
+
+inotify events (through watchdog) and full scans only nominate candidates; a candidate is ready
+once its size and mtime have not changed for the settle period, no event touched it meanwhile, and
+no process holds it open for writing. Nothing here reads file contents or follows symlinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+log = structlog.get_logger(__name__)
+
+OUTCOME_DIRS = ("done", "rejected", "failed")
+_TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".crdownload", ".download", ".filepart", "~")
+
+
+def is_temporary_name(name: str) -> bool:
+    """Names that cp/rsync/scp/browsers write to before renaming the finished file."""
+    lowered = name.lower()
+    return name.startswith(".") or lowered.endswith(_TEMP_SUFFIXES)
+
+
+def file_identity(status: os.stat_result) -> str:
+    """A string that changes when the file is replaced or written to."""
+    return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
+
+
+def open_for_writing(path: Path, proc_root: Path = Path("/proc")) -> bool:
+    """Return whether any process we can see holds this file open for writing."""
+    try:
+        target = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    for pid_dir in proc_root.iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            descriptors = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            if _is_writer(pid_dir, descriptor, target):
+                return True
+    return False
+
+
+def _is_writer(pid_dir: Path, descriptor: Path, target: os.stat_result) -> bool:
+    try:
+        opened = os.stat(descriptor)
+        if (opened.st_dev, opened.st_ino) != (target.st_dev, target.st_ino):
+            return False
+        info = (pid_dir / "fdinfo" / descriptor.name).read_text()
+    except OSError:
+        return False
+    for line in info.splitlines():
+        if line.startswith("flags:"):
+            return int(line.split()[1], 8) & (os.O_WRONLY | os.O_RDWR) != 0
+    return False
+
+
+@dataclass
+class _Candidate:
+    identity: str | None
+    stable_since: float
+    last_event: float
+
+
+class _Nominator(FileSystemEventHandler):
+    def __init__(self, watcher: DropWatcher):
+        self.watcher = watcher
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for attribute in ("src_path", "dest_path"):
+            path = getattr(event, attribute, None)
+            if path:
+                self.watcher.nominate(Path(os.fsdecode(path)))
+
+
+class _OverflowAlarm(logging.Handler):
+    """watchdog logs lost inotify events; a full rescan heals them."""
+
+    def __init__(self, watcher: DropWatcher):
+        super().__init__(logging.WARNING)
+        self.watcher = watcher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.watcher.request_rescan("inotify queue overflow")
+
+
+class DropWatcher:
+    """Nominates files in the drop dir and hands them out once they are complete."""
+
+    def __init__(self, drop_dir: Path, settle: float, proc_root: Path = Path("/proc")):
+        self.drop_dir = Path(drop_dir)
+        self.settle = settle
+        self.proc_root = proc_root
+        self._candidates: dict[Path, _Candidate] = {}
+        self._lock = threading.Lock()
+        self._observer: Observer | None = None
+        self._watched_identity: tuple[int, int] | None = None
+        self._rescan_reason: str | None = "start-up"
+        self._overflow_alarm = _OverflowAlarm(self)
+
+    def start(self) -> None:
+        logging.getLogger("watchdog").addHandler(self._overflow_alarm)
+        self._start_observer()
+
+    def stop(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self._overflow_alarm)
+        self._stop_observer()
+
+    def _start_observer(self) -> None:
+        try:
+            status = os.stat(self.drop_dir)
+        except OSError:
+            self._watched_identity = None
+            return
+        observer = Observer()
+        observer.schedule(_Nominator(self), str(self.drop_dir), recursive=False)
+        observer.daemon = True
+        observer.start()
+        self._observer = observer
+        self._watched_identity = (status.st_dev, status.st_ino)
+        log.info("watch.started", drop_dir=str(self.drop_dir))
+
+    def _stop_observer(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=5)
+            self._observer = None
+
+    def ensure_watching(self) -> None:
+        """Re-arm inotify if the drop dir was removed and recreated (or appeared late)."""
+        try:
+            status = os.stat(self.drop_dir)
+            identity = (status.st_dev, status.st_ino)
+        except OSError:
+            identity = None
+        alive = self._observer is not None and self._observer.is_alive()
+        if identity == self._watched_identity and (alive or identity is None):
+            return
+        log.warning("watch.rearmed", drop_dir=str(self.drop_dir), exists=identity is not None)
+        self._stop_observer()
+        self._start_observer()
+        self.request_rescan("drop dir recreated")
+
+    def request_rescan(self, reason: str) -> None:
+        with self._lock:
+            self._rescan_reason = reason
+
+    def rescan_if_requested(self) -> None:
+        with self._lock:
+            reason, self._rescan_reason = self._rescan_reason, None
+        if reason:
+            self.scan(reason)
+
+    def scan(self, reason: str) -> int:
+        """Nominate every entry of the drop dir; return how many there were."""
+        try:
+            names = os.listdir(self.drop_dir)
+        except OSError as error:
+            log.warning("watch.scan_failed", drop_dir=str(self.drop_dir), error=error.strerror)
+            return 0
+        for name in names:
+            self.nominate(self.drop_dir / name)
+        log.debug("watch.scanned", reason=reason, entries=len(names))
+        return len(names)
+
+    def nominate(self, path: Path) -> None:
+        if path.parent != self.drop_dir or is_temporary_name(path.name):
+            return
+        if path.name in OUTCOME_DIRS:
+            return
+        now = time.monotonic()
+        with self._lock:
+            candidate = self._candidates.get(path)
+            if candidate is None:
+                self._candidates[path] = _Candidate(None, now, now)
+            else:
+                candidate.last_event = now
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._candidates)
+
+    def ready(self, known_identities: set[str] | frozenset[str] = frozenset()) -> list[Path]:
+        """Return the candidates that are complete now, each once; drop vanished and known ones."""
+        now = time.monotonic()
+        with self._lock:
+            items = list(self._candidates.items())
+        ready = []
+        for path, candidate in items:
+            verdict = self._judge(path, candidate, now, known_identities)
+            if verdict != "wait":
+                with self._lock:
+                    self._candidates.pop(path, None)
+            if verdict == "ready":
+                ready.append(path)
+        return ready
+
+    def _judge(self, path: Path, candidate: _Candidate, now: float, known: set[str] | frozenset[str]) -> str:
+        try:
+            status = os.lstat(path)
+        except OSError:
+            return "gone"
+        identity = file_identity(status)
+        if identity in known:
+            return "known"
+        if stat.S_ISDIR(status.st_mode) and not path.name.lower().endswith(".iso"):
+            return "ignore"
+        if identity != candidate.identity:
+            candidate.identity, candidate.stable_since = identity, now
+            return "wait"
+        settled = min(now - candidate.stable_since, now - candidate.last_event) >= self.settle
+        if not settled:
+            return "wait"
+        if stat.S_ISREG(status.st_mode) and open_for_writing(path, self.proc_root):
+            candidate.stable_since = now
+            return "wait"
+        return "ready"

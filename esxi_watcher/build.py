@@ -1,0 +1,364 @@
+"""Build one ESXi image: copy the packer-maas template, run its build, check the artifact.
+
+packer-maas builds in the template's own folder (output-<source>/ and vmware-esxi.dd.gz land there,
+and Packer refuses to start while output-<source>/ exists), so every job builds in its own copy of
+the template folder and of its sibling scripts/ folder (templates use ../scripts/...).
+
+Which failures are worth retrying (BuildFailed.transient):
+- transient: stopped on purpose (BuildStopped: the daemon is shutting down); NBD trouble
+  (qemu-nbd / nbd device errors: a device left attached by an earlier failed build, which the host
+  clean-up frees before the retry); network errors while `packer init` or `make` fetch plugins or
+  Python packages.
+- not transient: a timeout (an installer waiting on a bad kickstart or boot_command, or a host too
+  slow for the template, hangs again for as long: another 2 h would be wasted); any other non-zero
+  exit (template, kickstart, missing tools: the operator must act); "Output directory exists"
+  (each attempt builds in a fresh copy, so it means the command builds outside the copy, e.g. a
+  configured command pointing at the checkout; it stays until someone cleans up); an artifact
+  missing or not a complete gzip after exit 0; a template folder with nothing to build.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Callable, Sequence
+
+import structlog
+
+from esxi_watcher.errors import BuildFailed, BuildStopped
+from esxi_watcher.process import CommandResult, run_command
+
+log = structlog.get_logger(__name__)
+
+SCRIPTS_FOLDER = "scripts"
+DEFAULT_ARTIFACT = "vmware-esxi.dd.gz"
+BUILD_ENVIRONMENT = {"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
+JOB_MARKER = "ESXI_WATCHER_JOB"  # in every build process's environment: crash recovery finds them
+REASON_LINES = 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+_TRANSIENT_MARKERS = (
+    "qemu-nbd", "/dev/nbd", "nbd device", "nbdfuse",
+    "dial tcp", "i/o timeout", "tls handshake timeout", "connection reset", "connection refused",
+    "temporary failure in name resolution", "could not resolve host", "network is unreachable",
+)
+_NOT_TRANSIENT_MARKERS = ("output directory exists",)
+
+
+def prepare_workdir(template_dir: Path, workdir: Path, *,
+                    artifact_name: str = DEFAULT_ARTIFACT) -> Path:
+    """Given the template folder of a packer-maas checkout, copy it into workdir; return the copy.
+
+    The sibling scripts/ folder (if any) is copied next to it, so ../scripts/... still works.
+    Symlinks are copied as symlinks, never followed: one pointing inside the copied folders keeps
+    its relative text, any other points to where it pointed in the checkout. The checkout's build
+    leftovers (output-* folders, the artifact, packer_cache) are not copied. An earlier copy in
+    workdir is replaced.
+    """
+    try:
+        source = Path(template_dir).resolve(strict=True)
+    except OSError as error:
+        raise BuildFailed(f"template folder {template_dir} cannot be read: {error.strerror}") from error
+    if not source.is_dir():
+        raise BuildFailed(f"template folder {template_dir} is not a folder")
+    pairs = [(source, workdir / source.name)]
+    scripts = source.parent / SCRIPTS_FOLDER
+    if scripts.is_dir() and source.name != SCRIPTS_FOLDER:
+        pairs.append((scripts.resolve(), workdir / SCRIPTS_FOLDER))
+    roots = tuple(original for original, _ in pairs)
+
+    def leftover(name: str) -> bool:
+        return name.startswith("output-") or name in (artifact_name, "packer_cache")
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        for original, copy in pairs:
+            if os.path.lexists(copy):
+                _remove_or_fail(copy)
+            _copy_tree(original, copy, roots, leftover if original == source else None)
+    except OSError as error:
+        raise BuildFailed(f"cannot copy the template folder {template_dir} into {workdir}: "
+                          f"{error}") from error
+    log.info("build.workdir_prepared", template=str(source), workdir=str(workdir))
+    return pairs[0][1]
+
+
+def _copy_tree(source: Path, target: Path, roots: tuple[Path, ...],
+               skip: Callable[[str], bool] | None) -> None:
+    target.mkdir()
+    with os.scandir(source) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            original, copy = Path(entry.path), target / entry.name
+            if skip is not None and skip(entry.name):
+                log.info("build.workdir_skipped", path=str(original))
+            elif entry.is_symlink():
+                os.symlink(_link_text_for_copy(original, roots), copy)
+            elif entry.is_dir(follow_symlinks=False):
+                _copy_tree(original, copy, roots, None)
+            elif entry.is_file(follow_symlinks=False):
+                shutil.copy2(original, copy, follow_symlinks=False)
+            else:
+                log.warning("build.workdir_special_file_skipped", path=str(original))
+    shutil.copystat(source, target, follow_symlinks=False)
+
+
+def _link_text_for_copy(link: Path, roots: tuple[Path, ...]) -> str:
+    """Given a symlink in the checkout, return what its copy should point to, without following it."""
+    text = os.readlink(link)
+    pointed = Path(os.path.normpath(os.path.join(link.parent, text)))
+    if not os.path.isabs(text) and any(pointed == root or pointed.is_relative_to(root)
+                                       for root in roots):
+        return text
+    return str(pointed)
+
+
+def build_commands(template_copy: Path, iso: Path, command: tuple[str, ...] | None,
+                   workdir: Path) -> list[list[str]]:
+    """Given the template copy and the ISO, return the argv lists that build the image, in order.
+
+    A configured command gets its {iso} and {workdir} placeholders filled in. Otherwise the
+    folder's contents choose: Makefile -> make; *.pkr.hcl -> packer init + packer build;
+    *.json -> packer build. Only looks at which files exist; runs nothing.
+    """
+    iso_path = os.path.abspath(iso)
+    if command:
+        return [[arg.replace("{iso}", iso_path).replace("{workdir}", os.path.abspath(workdir))
+                 for arg in command]]
+    iso_variable = f"vmware_esxi_iso_path={iso_path}"
+    if (template_copy / "Makefile").is_file():
+        return [["make", f"ISO={iso_path}"]]
+    hcl_files = sorted(path.name for path in template_copy.glob("*.pkr.hcl"))
+    if hcl_files:
+        # Packer reads every *.pkr.hcl of a folder as one configuration.
+        target = hcl_files[0] if len(hcl_files) == 1 else "."
+        return [["packer", "init", "."], ["packer", "build", "-var", iso_variable, target]]
+    json_files = sorted(path.name for path in template_copy.glob("*.json"))
+    if len(json_files) > 1 and "vmware-esxi.json" in json_files:
+        json_files = ["vmware-esxi.json"]
+    if len(json_files) == 1:
+        return [["packer", "build", "-var", iso_variable, json_files[0]]]
+    if json_files:
+        raise BuildFailed(f"template folder {template_copy.name} holds several Packer JSON "
+                          f"templates ({', '.join(json_files)}) and no Makefile: set build.command")
+    raise BuildFailed(f"template folder {template_copy.name} holds no Makefile, *.pkr.hcl or "
+                      f"*.json template: point build.template_dir at packer-maas's vmware-esxi "
+                      f"folder or set build.command")
+
+
+def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | None,
+              artifact_name: str, iso: Path, workdir: Path, log_path: Path, timeout: float,
+              on_line: Callable[[str], None] | None = None,
+              on_start: Callable[[int], None] | None = None,
+              stop_event: threading.Event | None = None) -> Path:
+    """Given a job and its ISO, build the image in a copy of the template; return the artifact.
+
+    Raises BuildFailed (BuildStopped when stop_event was set) with a reason for the operator.
+    """
+    if not Path(iso).is_file():
+        raise BuildFailed(f"the ISO {iso} is gone")
+    template_copy = prepare_workdir(template_dir, workdir, artifact_name=artifact_name)
+    commands = build_commands(template_copy, iso, command, workdir)
+    environment = {**BUILD_ENVIRONMENT, JOB_MARKER: job_id}
+    deadline = time.monotonic() + timeout
+    log.info("build.started", job=job_id, iso=Path(iso).name, workdir=str(workdir),
+             commands=len(commands))
+    for argv in commands:
+        result = _run_step(argv, template_copy, log_path, deadline, environment,
+                           on_line, on_start, stop_event)
+        _check_step(argv, result, timeout, log_path)
+    artifact = template_copy / artifact_name
+    try:
+        check_artifact(artifact)
+    except BuildFailed as error:
+        lines = _tail_of_log(log_path)
+        raise BuildFailed(_reason(f"the build exited 0 but {error}", lines, log_path)) from error
+    log.info("build.finished", job=job_id, artifact=str(artifact),
+             size=artifact.stat().st_size)
+    return artifact
+
+
+def _run_step(argv: list[str], cwd: Path, log_path: Path, deadline: float,
+              environment: dict[str, str], on_line, on_start, stop_event) -> CommandResult:
+    try:
+        return run_command(argv, cwd=cwd, log_path=log_path,
+                           timeout=max(deadline - time.monotonic(), 0.0), env=environment,
+                           on_line=on_line, on_start=on_start, stop_event=stop_event)
+    except OSError as error:
+        raise BuildFailed(f"cannot run {argv[0]}: {error.strerror or error} "
+                          f"(is it installed and on PATH?)") from error
+
+
+def _check_step(argv: list[str], result: CommandResult, timeout: float, log_path: Path) -> None:
+    """Given a finished build command, raise BuildFailed unless it succeeded."""
+    step = command_label(argv)
+    if result.stopped:
+        raise BuildStopped(_reason(f"{step} was stopped (esxi-watcher is shutting down)",
+                                   result.last_lines, log_path))
+    if result.timed_out:
+        raise BuildFailed(_reason(f"build timed out after {format_duration(timeout)} and was "
+                                  f"killed during {step}", result.last_lines, log_path))
+    if result.returncode != 0:
+        summary = f"{step} exited {result.returncode}"
+        if result.returncode < 0:
+            summary = f"{step} was killed by signal {-result.returncode}"
+        raise BuildFailed(_reason(summary, result.last_lines, log_path),
+                          transient=is_transient(result.last_lines))
+
+
+def is_transient(lines: Sequence[str]) -> bool:
+    """Given the last lines of a failed build, return whether retrying it may help.
+
+    See the module docstring for the reasons behind each case.
+    """
+    text = "\n".join(lines).lower()
+    if any(marker in text for marker in _NOT_TRANSIENT_MARKERS):
+        return False
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
+def command_label(argv: Sequence[str]) -> str:
+    """Given an argv list, return how a reason names it: 'packer build', 'make', ..."""
+    program = os.path.basename(argv[0])
+    if program == "packer" and len(argv) > 1:
+        return f"packer {argv[1]}"
+    return program
+
+
+def format_duration(seconds: float) -> str:
+    """Given seconds, return them the way the configuration spells them: '2h', '1h30m', '3s'."""
+    if seconds != int(seconds) or seconds < 1:
+        return f"{seconds:g}s"
+    total = int(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{value}{unit}" for value, unit in ((hours, "h"), (minutes, "m"), (secs, "s")) if value]
+    return "".join(parts)
+
+
+def _reason(summary: str, lines: Sequence[str], log_path: Path) -> str:
+    tail = [line for line in lines if line.strip()][-REASON_LINES:]
+    if not tail:
+        return f"{summary} (no output; log: {log_path})"
+    return f"{summary}; last lines of {log_path}:\n" + "\n".join(tail)
+
+
+def _tail_of_log(log_path: Path) -> list[str]:
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(max(log_file.seek(0, os.SEEK_END) - 65536, 0))
+            text = log_file.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if not line.startswith("=== ")]
+
+
+def check_artifact(path: Path) -> None:
+    """Given the build's artifact, raise BuildFailed unless it is a complete, intact gzip.
+
+    Decompresses the whole stream in chunks (so the CRC and length in each member's trailer are
+    checked) without holding it in memory.
+    """
+    try:
+        with open(path, "rb") as raw:
+            if raw.read(2) != _GZIP_MAGIC:
+                raise BuildFailed(f"artifact {path} is not a gzip file")
+            raw.seek(0)
+            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+                buffer = bytearray(_CHUNK)
+                while stream.readinto(buffer):
+                    pass
+    except FileNotFoundError as error:
+        raise BuildFailed(f"artifact {path} was not written") from error
+    except EOFError as error:
+        raise BuildFailed(f"artifact {path} is truncated (the gzip stream ends early)") from error
+    except (OSError, zlib.error) as error:  # gzip.BadGzipFile (CRC, length) is an OSError
+        raise BuildFailed(f"artifact {path} is damaged: {error}") from error
+
+
+def remove_workdir(workdir: Path) -> list[Path]:
+    """Given a job's work folder, remove it without following symlinks; return what was left.
+
+    Mount points inside (FUSE mounts a killed build left) are neither entered nor unmounted: that
+    is the host clean-up's job. They and anything else that could not be removed (EBUSY, ...) are
+    logged and returned; an empty list means the folder is gone.
+    """
+    workdir = Path(workdir)
+    if not os.path.lexists(workdir):
+        return []
+    if workdir.is_symlink():
+        workdir.unlink()
+        return []
+    real = Path(os.path.realpath(workdir))
+    left: list[Path] = []
+    _remove_tree(real, _mount_points_under(real), left)
+    if left:
+        log.warning("build.workdir_left_behind", workdir=str(workdir), paths=[str(p) for p in left])
+    return left
+
+
+def _remove_tree(folder: Path, mount_points: set[Path], left: list[Path]) -> bool:
+    """Remove folder's contents, then folder; return False (adding to left) if anything stays."""
+    if folder in mount_points:
+        left.append(folder)
+        return False
+    complete = True
+    try:
+        with os.scandir(folder) as entries:
+            children = list(entries)
+    except OSError as error:
+        log.warning("build.workdir_unreadable", path=str(folder), error=str(error))
+        left.append(folder)
+        return False
+    for entry in children:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            complete = _remove_tree(path, mount_points, left) and complete
+        else:
+            complete = _remove_entry(path, os.unlink, left) and complete
+    return complete and _remove_entry(folder, os.rmdir, left)
+
+
+def _remove_entry(path: Path, remove: Callable[[Path], None], left: list[Path]) -> bool:
+    try:
+        remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        log.warning("build.workdir_not_removed", path=str(path), error=str(error))
+        left.append(path)
+        return False
+    return True
+
+
+def _remove_or_fail(path: Path) -> None:
+    left = remove_workdir(path)
+    if left:
+        raise OSError(f"an earlier copy could not be removed: {', '.join(map(str, left))}")
+
+
+def _mount_points_under(folder: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> set[Path]:
+    """Given a folder, return the mount points at or below it (from the kernel's mount table)."""
+    points = set()
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return points
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = Path(_unescape_mount_path(fields[4]))
+        if point == folder or point.is_relative_to(folder):
+            points.add(point)
+    return points
+
+
+def _unescape_mount_path(text: str) -> str:
+    """Given a mountinfo path (spaces and such as \\040 octal escapes), return the real path."""
+    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode(
+        "utf-8", errors="surrogateescape")

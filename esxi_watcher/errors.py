@@ -47,5 +47,33 @@ class MaasAuthError(MaasError):
     """MAAS answered 401/403: the API key is wrong, revoked or not an admin's."""
 
 
+class BytesHeldElsewhere(MaasError):
+    """MAAS 3.8+ already holds these exact bytes under another image; uploading them would break it."""
+
+
 class MaasUnavailable(EsxiWatcherError):
     """MAAS could not be reached or answered 5xx: worth retrying later."""
+
+
+class ImageNotComplete(MaasUnavailable):
+    """The upload finished but MAAS did not call the image complete in time (still syncing)."""
+
+
+class MissingApiKey(EsxiWatcherError):
+    """The MAAS API key file does not exist; the message says which file to create."""
+
+    exit_code = 2
+
+
+class BadApiKeyFile(EsxiWatcherError):
+    """The MAAS API key file is readable by others, unreadable or does not hold a key."""
+
+    exit_code = 2
+
+
+class HostNotClean(EsxiWatcherError):
+    """Leftovers of earlier builds (processes, mounts, /dev/nbdN) could not all be cleared."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("host not clean: " + "; ".join(problems))

@@ -20,7 +20,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +36,8 @@ PACKER_MAAS_SCRATCH_PREFIX = "packer-maas-"  # mktemp -d /tmp/packer-maas-XXXX i
 _NBD_NAME = re.compile(r"nbd(\d+)\Z")
 _NBD_SOURCE = re.compile(r"/dev/(nbd\d+)(?:p\d+)?\Z")
 _MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+IsDead = Callable[[str | None], bool]  # given a job id (None: not ours), is that job over?
 
 
 @dataclass(frozen=True)
@@ -482,7 +484,7 @@ def _nbd_device(name: str, size: int, pid: int | None, owner: _ProcessView | Non
     )
 
 
-def _nbd_verdict(device: NbdDevice, is_dead: _JobTest) -> str | None:
+def _nbd_verdict(device: NbdDevice, is_dead: IsDead) -> str | None:
     """Given a device, return None if it is stale, or why it must be left alone."""
     if not device.owner_alive:
         return None
@@ -641,14 +643,17 @@ def _detach(name: str, paths: HostPaths, tools: HostTools) -> str | None:
 # --- the entry point --------------------------------------------------------------------------
 
 
-class _JobTest:
-    """Tells whether a job is dead: not live, and (when dead_jobs is given) one of them."""
+class JobScope:
+    """Tells whether a job is dead: not live, and (when dead_jobs is given) one of them.
+
+    dead_jobs=None is the start-up case: every job not running is dead.
+    """
 
     def __init__(self, live_jobs: Set[str], dead_jobs: Set[str] | None):
         self.live_jobs = frozenset(live_jobs)
         self.dead_jobs = None if dead_jobs is None else frozenset(dead_jobs)
 
-    def __call__(self, job: str | None) -> bool:
+    def is_dead(self, job: str | None) -> bool:
         if job is None or job in self.live_jobs:
             return False
         return self.dead_jobs is None or job in self.dead_jobs
@@ -674,7 +679,7 @@ def clean_host(
     go when no living process outside dead jobs names that folder. process_groups maps process
     group ids recorded for builds to their job. Failures are reported, never raised.
     """
-    is_dead = _JobTest(live_jobs, dead_jobs)
+    is_dead = JobScope(live_jobs, dead_jobs).is_dead
     report = CleanupReport()
     _end_dead_processes(paths, is_dead, process_groups, grace, report)
 
@@ -714,7 +719,7 @@ def clean_host(
 
 def _end_dead_processes(
     paths: HostPaths,
-    is_dead: _JobTest,
+    is_dead: IsDead,
     process_groups: Mapping[int, str] | None,
     grace: float,
     report: CleanupReport,
@@ -739,7 +744,7 @@ def _leave_alone(report: CleanupReport, kind: str, name: str, reason: str, **fie
     log.warning(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
 
 
-def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, is_dead: _JobTest) -> list[Path]:
+def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, is_dead: IsDead) -> list[Path]:
     """Return the work dirs of dead jobs that hold a mount."""
     if work_root is None:
         return []
@@ -768,7 +773,7 @@ def _unused_scratch_dirs(
     paths: HostPaths,
     mounts: Iterable[Mount],
     extra_dirs: Iterable[Path],
-    is_dead: _JobTest,
+    is_dead: IsDead,
     report: CleanupReport,
 ) -> list[Path]:
     """Return scratch folders holding FUSE mounts that no living process outside dead jobs names.

@@ -53,7 +53,7 @@ VCSA_FOLDERS = ("vcsa", "vcsa-ui-installer", "vcsa-cli-installer")
 _PARSE_ERRORS = (PyCdlibException, struct.error, ValueError, IndexError, KeyError, UnicodeError)
 
 _VENDOR_TOKENS = {
-    "del": "Dell", "dell": "Dell", "hpe": "HPE", "hp": "HPE", "lnv": "Lenovo", "lenovo": "Lenovo",
+    "del": "Dell", "dell": "Dell", "hpe": "HPE", "hp": "HPE", "hewlett": "HPE", "lnv": "Lenovo", "lenovo": "Lenovo",
     "cisco": "Cisco", "fjt": "Fujitsu", "fujitsu": "Fujitsu", "hitachi": "Hitachi", "nec": "NEC",
     "inspur": "Inspur", "supermicro": "Supermicro", "huawei": "Huawei", "xfusion": "xFusion",
 }
@@ -218,14 +218,15 @@ def _facts_from_tree(tree: _IsoTree) -> IsoFacts:
     osl_text = tree.read_text(OSL_PATH, SMALL_TEXT_CAP) or ""
     profile_xml = tree.read_text(PROFILE_PATH, PROFILE_CAP) or ""
     isolinux_cfg = tree.read_text(ISOLINUX_PATH, SMALL_TEXT_CAP) or ""
-    profile = _first_match(_XML_NAME, profile_xml) or _first_match(_MENU_TITLE, isolinux_cfg)
+    menu_title = _first_match(_MENU_TITLE, isolinux_cfg)
+    profile = _first_match(_XML_NAME, profile_xml) or menu_title
     creator = _first_match(_XML_CREATOR, profile_xml)
     facts = _version_facts(boot_cfg.get("build", ""), _osl_version(osl_text), _profile_version(profile))
     if facts is None:
         raise _Rejected("no version: BOOT.CFG has an empty build= and neither VMWARE-ESX-BASE-OSL.TXT "
                         "nor the image profile names one")
     major, minor, patch, update, build = facts
-    vendor = _vendor(profile, _first_match(_MENU_TITLE, isolinux_cfg), creator)
+    vendor = _vendor(profile, menu_title, creator)
     return IsoFacts(esxi=True, version=f"{major}.{minor}.{patch}", major=major, minor=minor, patch=patch,
                     update=update, build=build, vendor=vendor, profile=profile)
 

@@ -136,10 +136,8 @@ class Daemon:
     def recover(self) -> None:
         """Re-enter every step a previous run left half-done."""
         store = self.store
-        dead_builds = {str(job.id) for job in store.jobs((BUILDING,))}
-        report = host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs=dead_builds or None,
-                                 extra_dirs=[self.config.work_root])
-        log.info("recover.host_cleaned", **report.summary())
+        report = self._clean_host(dead_jobs=None)  # nothing runs yet: every build of ours is dead
+        log.info("recover.host_cleaned", **report.counts())
         for job in store.jobs((BUILDING,)):
             store.update(job.id, state=QUEUED, stage="re-queued after restart", pgid=None,
                          build_attempts=max(job.build_attempts - 1, 0))
@@ -193,11 +191,11 @@ class Daemon:
         workdir = self.config.work_root / str(job.id)
         log_path = self.config.logs_dir / f"{job.id}.log"
         attempts = job.build_attempts + 1
-        store.update(job.id, state=BUILDING, stage="starting", error=None, build_attempts=attempts)
+        store.update(job.id, state=BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
         started = time.monotonic()
         self.activity["builder"] = f"building {_stem(job.iso)} (0 min, starting)"
         log.info("build.started", job=job.id, iso=job.iso, attempt=attempts, workdir=str(workdir))
-        host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs=None, extra_dirs=[])
+        self._clean_host(dead_jobs=None)
         try:
             artifact = build.run_build(
                 job_id=str(job.id), template_dir=self.config.build.template_dir,
@@ -234,7 +232,7 @@ class Daemon:
 
     def _build_failed(self, job: Job, failure: BuildFailed, workdir: Path) -> None:
         store = self.store
-        host.clean_host(host.HostPaths(), live_jobs=set(), dead_jobs={str(job.id)}, extra_dirs=[workdir])
+        self._clean_host(dead_jobs={str(job.id)})
         if self.stop_event.is_set():
             store.update(job.id, state=QUEUED, stage="interrupted by shutdown", pgid=None,
                          build_attempts=max(job.build_attempts - 1, 0))
@@ -354,7 +352,16 @@ class Daemon:
         except Exception as error:  # a banner is a courtesy; never fail a job for it
             log.warning("notify.failed", error=redact(str(error)))
 
-    # ----- shared -----------------------------------------------------------------------------
+    # ----- shared -----
+
+    def _clean_host(self, dead_jobs: set[str] | None) -> host.CleanupReport:
+        """End processes, mounts and nbd devices left by builds of ours that are not running."""
+        groups = {job.pgid: str(job.id) for job in self.store.jobs((BUILDING, QUEUED)) if job.pgid}
+        report = host.clean_host(live_jobs=set(), dead_jobs=dead_jobs, work_root=self.config.work_root,
+                                 process_groups=groups)
+        if any(report.counts().values()):
+            log.warning("host.cleaned", **report.counts())
+        return report------------------------------------------------------------------------
 
     def _fail(self, job: Job, stage: str, reason: str) -> None:
         self.store.update(job.id, state=FAILED, failed_stage=stage, error=reason, pgid=None, stage=None)

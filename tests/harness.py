@@ -1,0 +1,160 @@
+"""A site for the daemon (config, drop dir, key file) and the daemon as a real child process.
+
+Used by the tests and by the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FILE_TEMPLATE = ROOT / "tests" / "templates" / "file-builder" / "vmware-esxi"
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):
+    """Poll until predicate() is truthy; return its value or fail saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def write_config(folder: Path, simulator=None, **overrides) -> Path:
+    """Write a daemon config under folder (drop/, state/, key file) and return its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "maas-api-key"
+    if simulator is not None and not key_file.exists():
+        key_file.write_text(simulator.api_key + "\n")
+        key_file.chmod(0o600)
+    document = {
+        "drop_dir": str(folder / "drop"),
+        "state_dir": str(folder / "state"),
+        "watch": {"settle": "1s", "rescan_interval": "1m"},
+        "build": {"template_dir": str(FILE_TEMPLATE), "timeout": "60s", "retries": 0},
+        "maas": {"url": simulator.url if simulator else "http://127.0.0.1:9/MAAS/",
+                 "api_key_file": str(key_file), "retry_max_wait": "2s", "notify": True},
+        "log": {"format": "json", "level": "debug"},
+    }
+    for dotted, value in overrides.items():
+        node = document
+        *parents, leaf = dotted.split("__")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+class DaemonProcess:
+    """`esxi-watcher run` as a child process, the way systemd runs it."""
+
+    def __init__(self, config_path: Path):
+        self.config_path = config_path
+        self.config = yaml.safe_load(config_path.read_text())
+        self.drop_dir = Path(self.config["drop_dir"])
+        self.state_dir = Path(self.config["state_dir"])
+        self.log_path = config_path.parent / "daemon.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> DaemonProcess:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "esxi_watcher", "--config", str(self.config_path), "run"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+        log.close()
+        wait_for(lambda: (self.state_dir / "jobs.sqlite3").exists() or self.process.poll() is not None,
+                 30, "the daemon to open its store")
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> float:
+        """Signal the daemon; return how long it took to exit."""
+        started = time.monotonic()
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=timeout)
+        return time.monotonic() - started
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def cli(self, *arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "esxi_watcher", "--config", str(self.config_path),
+                               *arguments], capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+    def jobs(self) -> list[dict]:
+        from esxi_watcher.status import job_rows
+        from esxi_watcher.store import JobStore
+
+        store = JobStore(self.state_dir / "jobs.sqlite3")
+        try:
+            return job_rows(store.jobs())
+        finally:
+            store.close()
+
+    def job_for(self, iso_name: str) -> dict | None:
+        return next((job for job in self.jobs() if job["iso"] == iso_name), None)
+
+    def wait_for_state(self, iso_name: str, states: set[str] | str, timeout: float = 60) -> dict:
+        wanted = {states} if isinstance(states, str) else states
+
+        def reached():
+            job = self.job_for(iso_name)
+            return job if job and job["state"] in wanted else None
+        try:
+            return wait_for(reached, timeout, f"{iso_name} to reach {sorted(wanted)}")
+        except AssertionError:
+            raise AssertionError(f"{iso_name}: {self.job_for(iso_name)}\n--- daemon log tail ---\n"
+                                 + self.log_tail()) from None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_events(self) -> list[dict]:
+        events = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+        return events
+
+
+def drop(source: Path, drop_dir: Path, name: str | None = None) -> Path:
+    """Copy an ISO into the drop dir the way an admin would: cp."""
+    target = drop_dir / (name or source.name)
+    subprocess.run(["cp", "--", str(source), str(target)], check=True)
+    return target
+
+
+def no_processes_of(marker_value: str | None = None) -> list[int]:
+    """Pids of processes carrying our build marker (for a job, or any)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for variable in environ:
+            if variable.startswith(b"ESXI_WATCHER_JOB="):
+                if marker_value is None or variable == f"ESXI_WATCHER_JOB={marker_value}".encode():
+                    found.append(int(entry.name))
+    return found
+

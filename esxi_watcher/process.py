@@ -180,7 +180,10 @@ def run_command(
         )
         log.info("process.started", command=shown, pid=process.pid)
         if on_start is not None:
-            on_start(process.pid)
+            try:
+                on_start(process.pid)
+            except Exception:  # the command runs anyway: it must stay supervised and killable
+                log.exception("process.on_start_failed", pid=process.pid)
         supervision = _Supervision(process, output, started + timeout, stop_event, kill_grace)
         supervision.run()
         duration = time.monotonic() - started

@@ -202,3 +202,13 @@ def test_run_quick_kills_a_command_past_its_timeout():
     assert completed.stdout == "started\n"
     assert "killed after 0.5s" in completed.stderr
     assert time.monotonic() - before < 5
+
+
+def test_a_failing_on_start_does_not_leave_the_command_unsupervised(tmp_path):
+    def broken(pid: int) -> None:
+        raise RuntimeError("cannot record the pid")
+
+    result = run(["sh", "-c", "sleep 300 & echo $!; sleep 300"], tmp_path, timeout=1, on_start=broken)
+
+    assert result.timed_out
+    assert not alive(int(result.last_lines[0]))

@@ -174,10 +174,14 @@ def run_command(
         log_file.flush()
         output = _Output(log_file, on_line, keep_lines, secrets)
         started = time.monotonic()
-        process = subprocess.Popen(
-            argv, cwd=cwd, env=command_environment(env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        try:
+            process = subprocess.Popen(
+                argv, cwd=cwd, env=command_environment(env), stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as error:
+            log_file.write(f"=== {_timestamp()} cannot start: {error}\n")
+            raise
         log.info("process.started", command=shown, pid=process.pid)
         if on_start is not None:
             try:
@@ -185,7 +189,12 @@ def run_command(
             except Exception:  # the command runs anyway: it must stay supervised and killable
                 log.exception("process.on_start_failed", pid=process.pid)
         supervision = _Supervision(process, output, started + timeout, stop_event, kill_grace)
-        supervision.run()
+        try:
+            supervision.run()
+        except BaseException:  # never leave an unsupervised group behind (bug, KeyboardInterrupt)
+            signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
         duration = time.monotonic() - started
         returncode = process.returncode
         if returncode is None:  # stuck in the kernel even after SIGKILL; see SIGKILL_WAIT

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 import structlog
 
 from esxi_watcher.errors import HostNotClean
+from esxi_watcher.process import run_quick
 
 log = structlog.get_logger(__name__)
 
@@ -571,32 +571,18 @@ def find_mounts(
 
 # --- running commands -------------------------------------------------------------------------
 
-# esxi_watcher/process.py (run_command/run_quick) is being written alongside this module; until
-# its API settles, cleaning runs its few short commands here: argv lists, a timeout, C locale.
-
-
 def _run(argv: Sequence[str], timeout: float) -> str | None:
-    """Run argv; return None when it exits 0, else why it failed."""
+    """Run argv through the process helper; return None when it exits 0, else why it failed."""
+    name = os.path.basename(argv[0])
     try:
-        completed = subprocess.run(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            check=False,
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        completed = run_quick(argv, timeout=timeout)
     except FileNotFoundError:
         return f"{argv[0]} not found"
-    except subprocess.TimeoutExpired:
-        return f"{os.path.basename(argv[0])} timed out after {timeout:g} s"
     except OSError as error:
-        return f"{os.path.basename(argv[0])}: {error}"
+        return f"{name}: {error}"
     if completed.returncode != 0:
-        lines = completed.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"{os.path.basename(argv[0])} exited {completed.returncode}" + (
-            f": {lines[-1]}" if lines else ""
-        )
+        lines = (completed.stderr or "").strip().splitlines()
+        return f"{name} exited {completed.returncode}" + (f": {lines[-1]}" if lines else "")
     return None
 
 

@@ -159,6 +159,15 @@ def make_qemu_nbd(directory: Path, sys_block: Path, exit_code: int = 0) -> tuple
     return script, record
 
 
+def make_order_recording_qemu_nbd(directory: Path, sys_block: Path) -> tuple[Path, Path]:
+    """A qemu-nbd stand-in that also records how many mounts of the device remain when it runs."""
+    script, record = make_qemu_nbd(directory, sys_block)
+    lines = script.read_text().splitlines()
+    lines.insert(1, f'echo "mounts=$(grep -c " $2p[0-9]* " /proc/self/mountinfo)" >> "{record}"')
+    script.write_text("\n".join(lines) + "\n")
+    return script, record
+
+
 def size_of(sys_root: Path, name: str) -> int:
     return int((sys_root / "block" / name / "size").read_text())
 
@@ -427,9 +436,59 @@ def test_clean_host_reports_a_failed_detach_and_goes_on(tmp_path):
     assert report.failed[0].reason == "qemu-nbd exited 1: qemu-nbd: Failed to disconnect"
     assert report.detached == [] and size_of(sys_root, "nbd1") == 8
     assert missing.failed[0].reason.endswith("nope not found")
+    hanging = tmp_path / "hanging-qemu-nbd"
+    hanging.write_text("#!/bin/sh\nsleep 30\n")
+    hanging.chmod(0o755)
+    started = time.monotonic()
+    timed_out = clean_host(paths, live_jobs=set(), dead_jobs=set(), tools=HostTools(qemu_nbd=str(hanging), timeout=0.5))
+    assert time.monotonic() - started < 10
+    assert [f.reason for f in timed_out.failed] == ["hanging-qemu-nbd exited -9: (killed after 0.5s)"] * 2
     with pytest.raises(HostNotClean, match="nbd nbd1: qemu-nbd exited 1"):
         report.raise_if_failed()
     CleanupReport().raise_if_failed()
+
+
+@pytest.fixture
+def block_mounts():
+    """Real tmpfs mounts whose source reads /dev/nbdNpM, as a mounted image partition shows."""
+    points: list[Path] = []
+
+    def mount(source: str, point: Path) -> Path:
+        point.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", source, str(point)], check=True)
+        points.append(point)
+        return point
+
+    yield mount
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], check=False, capture_output=True)
+
+
+def mounted(point: Path) -> bool:
+    return any(m.mount_point == point for m in read_mounts())
+
+
+def test_clean_host_unmounts_partitions_of_stale_devices_before_detaching(tmp_path, spawner, block_mounts):
+    foreign = spawner.start(["sleep", "300"])
+    sys_root = make_sysfs(tmp_path / "sys", {"nbd7": (20971520, dead_pid()), "nbd3": (20971520, foreign.pid)})
+    # the 2019-2022 template: mount /dev/nbd4p1 $(mktemp -d), here nbd7 (and one nested mount)
+    first = block_mounts("/dev/nbd7p1", tmp_path / "tmp.AbCdE" / "with space")
+    nested = block_mounts("/dev/nbd7p6", first / "inner")
+    foreign_mount = block_mounts("/dev/nbd3p1", tmp_path / "tmp.FgHiJ")
+    qemu_nbd, record = make_order_recording_qemu_nbd(tmp_path, sys_root / "block")
+
+    report = clean_host(
+        HostPaths(sys_root=sys_root, dev_root=Path("/dev"), tmp_root=tmp_path / "tmp"),
+        live_jobs=set(),
+        dead_jobs=set(),
+        tools=HostTools(qemu_nbd=str(qemu_nbd)),
+    )
+
+    assert [m.mount_point for m in report.unmounted] == [nested, first]  # deepest first
+    assert not mounted(first) and not mounted(nested) and mounted(foreign_mount)
+    assert record.read_text().splitlines() == ["mounts=0", "-d /dev/nbd7"]  # unmounted, then detached
+    assert report.detached == ["nbd7"] and size_of(sys_root, "nbd3") == 20971520
+    assert [(i.kind, i.name) for i in report.left_alone] == [("nbd", "nbd3")] and report.failed == []
 
 
 # --- real FUSE --------------------------------------------------------------------------------
@@ -495,3 +554,22 @@ def test_clean_host_unmounts_fuse_leftovers_of_dead_jobs_only(tmp_path, spawner,
     assert left[str(tmp_root / "packer-maas-DDDD")].endswith("not started by esxi-watcher")
     assert report.failed == []
 
+
+
+def test_fuse_leftover_is_unmounted_with_umount_when_fusermount_is_missing(tmp_path, spawner, fuse_points):
+    dead_job = new_job()
+    point = tmp_path / "tmp" / "packer-maas-EEEE" / "boot"
+    fuse_points.append(point)
+    killed = start_nbdfuse(spawner, point, dead_job)
+    killed.kill()
+    killed.wait()
+
+    report = clean_host(
+        HostPaths(sys_root=tmp_path / "sys", tmp_root=tmp_path / "tmp"),
+        live_jobs=set(),
+        dead_jobs={dead_job},
+        tools=HostTools(fusermount=str(tmp_path / "no-fusermount")),
+    )
+
+    assert [m.mount_point for m in report.unmounted] == [point] and report.failed == []
+    assert not fuse_mounted(point)

@@ -62,7 +62,9 @@ class HostTools:
 
 @dataclass(frozen=True)
 class ProcessInfo:
-    """A process as read from /proc; start_time (field 22 of stat) tells it from a reused pid."""
+    """A process as read from /proc; start_time (field 22 of stat, clock ticks after boot) tells it
+    from a later process given the same pid: a process whose start time no longer matches is
+    never signalled."""
 
     pid: int
     pgid: int
@@ -726,8 +728,10 @@ def _end_dead_processes(
 
 
 def _leave_alone(report: CleanupReport, kind: str, name: str, reason: str, **fields: object) -> None:
+    """Record something not touched: a warning when it is someone else's, info for a running job."""
     report.left_alone.append(LeftAlone(kind, name, reason))
-    log.warning(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
+    emit = log.info if fields.get("job") else log.warning
+    emit(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
 
 
 def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, is_dead: IsDead) -> list[Path]:

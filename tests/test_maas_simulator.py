@@ -872,5 +872,7 @@ def test_command_line_runs_until_sigterm(tmp_path):
         assert run(scenario()) == ("3.5.4", 200, True)
     finally:
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0
+        exit_status = process.wait(timeout=10)
+        process.stdout.close()
+    assert exit_status == 0
     assert json.loads((tmp_path / "region" / "state.json").read_text())["api_key"] == key

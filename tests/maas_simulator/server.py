@@ -128,6 +128,8 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
                headers=None) -> None:
         if isinstance(body, str):
             body = body.encode("utf-8")
+        self.status_sent = status
+        self.log_call()  # before the answer leaves, so a client that has it sees it logged
         self.send_response(status)
         if status != 204:
             self.send_header("Content-Type", content_type)
@@ -137,29 +139,37 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if body and status != 204:
             self.wfile.write(body)
-        self.status_sent = status
 
     def answer_json(self, status: int, data) -> None:
         self.answer(status, json.dumps(data), "application/json; charset=utf-8")
 
     # -- a call --------------------------------------------------------------------------
+    def log_call(self) -> None:
+        if not self.logged and self.call is not None:
+            self.logged = True
+            method, path, query = self.call
+            self.simulator.log_request(method, path, query, self.status_sent, self.body_length)
+
     def handle_call(self):
         self.status_sent = None
+        self.logged = False
+        self.call = None
+        self.body_length = 0
         split = urlsplit(self.path)
         path, query = split.path, parse_qs(split.query)
         if path.startswith(CONTROL):
             self.handle_control(path[len(CONTROL):], query)
             return
         faults = self.simulator.faults
-        body_length = 0
+        self.call = (self.command, path, split.query)
         try:
             while (delay := faults.take("delay", self.command, path)) is not None:
                 time.sleep(delay.seconds)
             drop = faults.take("drop", self.command, path)
             if drop is not None:
-                body_length = self.drop_connection(drop, path)
+                self.drop_connection(drop, path)
             length, body = self.read_body()
-            body_length = len(body)
+            self.body_length = len(body)
             status_fault = faults.take("status", self.command, path)
             if status_fault is not None:
                 headers = {}
@@ -175,18 +185,20 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             except OSError:
                 pass
         finally:
-            self.simulator.log_request(self.command, path, split.query, self.status_sent, body_length)
+            self.log_call()
 
-    def drop_connection(self, drop: Fault, path: str) -> int:
+    def drop_connection(self, drop: Fault, path: str) -> None:
         """Read part (or all) of the body, keep what the region would have kept, hang up."""
         if drop.appended == "all":
             length, body = self.read_body()
+            self.body_length = len(body)
             try:
                 self.route(path, {}, length, body, send=False)
             except ApiError:
                 pass
             raise DroppedConnection()
         _, received = self.read_body(limit=drop.after_bytes)
+        self.body_length = len(received)
         if drop.appended == "received" and received:
             try:
                 self.authenticate()

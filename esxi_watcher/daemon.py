@@ -8,6 +8,7 @@ outage never holds builds back. All state lives in the job store; threads only r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import threading
@@ -42,6 +43,9 @@ class Daemon:
         self.store: JobStore | None = None
         self.activity: dict[str, str] = {}
         self._threads: list[threading.Thread] = []
+        # Marks our build processes (ESXI_WATCHER_JOB=<instance>-<job>), unique per state dir, so
+        # that crash recovery only ever touches builds of this daemon.
+        self.instance = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
 
     # ----- life cycle -------------------------------------------------------------------------
 
@@ -136,7 +140,7 @@ class Daemon:
     def recover(self) -> None:
         """Re-enter every step a previous run left half-done."""
         store = self.store
-        report = self._clean_host(dead_jobs=None)  # nothing runs yet: every build of ours is dead
+        report = self._clean_host()  # nothing runs yet: every build of ours is dead
         log.info("recover.host_cleaned", **report.counts())
         for job in store.jobs((BUILDING,)):
             store.update(job.id, state=QUEUED, stage="re-queued after restart", pgid=None,
@@ -160,8 +164,8 @@ class Daemon:
         self.store.update(job.id, iso_path=str(moved))
 
     def _remove_orphan_workdirs(self) -> None:
-        keep = {str(job.id) for job in self.store.jobs((BUILT, UPLOADING))}
-        keep |= {str(job.id) for job in self.store.jobs((FAILED,)) if job.failed_stage == "register"}
+        keep = {self._marker(job.id) for job in self.store.jobs((BUILT, UPLOADING))}
+        keep |= {self._marker(job.id) for job in self.store.jobs((FAILED,)) if job.failed_stage == "register"}
         for entry in self.config.work_root.iterdir():
             if entry.name not in keep:
                 log.info("recover.workdir_removed", workdir=str(entry))
@@ -188,17 +192,17 @@ class Daemon:
             store.update(job.id, stage="waiting for KVM", error=waiting, next_try=time.time() + KVM_RECHECK)
             self.activity["builder"] = f"waiting: {waiting}"
             return
-        workdir = self.config.work_root / str(job.id)
+        workdir = self._workdir(job.id)
         log_path = self.config.logs_dir / f"{job.id}.log"
         attempts = job.build_attempts + 1
         store.update(job.id, state=BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
         started = time.monotonic()
         self.activity["builder"] = f"building {_stem(job.iso)} (0 min, starting)"
-        log.info("build.started", job=job.id, iso=job.iso, attempt=attempts, workdir=str(workdir))
-        self._clean_host(dead_jobs=None)
+        log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(workdir))
+        self._clean_host()
         try:
             artifact = build.run_build(
-                job_id=str(job.id), template_dir=self.config.build.template_dir,
+                job_id=self._marker(job.id), template_dir=self.config.build.template_dir,
                 command=self.config.build.command, artifact_name=self.config.build.artifact,
                 iso=Path(job.iso_path), workdir=workdir, log_path=log_path,
                 timeout=self.config.build.timeout,
@@ -232,7 +236,7 @@ class Daemon:
 
     def _build_failed(self, job: Job, failure: BuildFailed, workdir: Path) -> None:
         store = self.store
-        self._clean_host(dead_jobs={str(job.id)})
+        self._clean_host(dead_jobs={self._marker(job.id)})
         if self.stop_event.is_set():
             store.update(job.id, state=QUEUED, stage="interrupted by shutdown", pgid=None,
                          build_attempts=max(job.build_attempts - 1, 0))
@@ -339,7 +343,7 @@ class Daemon:
         log.info("register.done", job=job.id, resource=registration.name, resource_id=registration.resource_id,
                  set_version=registration.set_version, uploaded=registration.uploaded, sha256=registration.sha256)
         self._finish_move(store.get(job.id))
-        build.remove_workdir(self.config.work_root / str(job.id))
+        build.remove_workdir(self._workdir(job.id))
         if self.config.maas.notify:
             self._notify_admins(api_key, f"esxi-watcher registered {registration.name} from {job.iso}.",
                                 "success", f"esxi-watcher-{job.id}")
@@ -354,14 +358,28 @@ class Daemon:
 
     # ----- shared -----
 
-    def _clean_host(self, dead_jobs: set[str] | None) -> host.CleanupReport:
-        """End processes, mounts and nbd devices left by builds of ours that are not running."""
-        groups = {job.pgid: str(job.id) for job in self.store.jobs((BUILDING, QUEUED)) if job.pgid}
+    def _marker(self, job_id: int) -> str:
+        return f"{self.instance}-{job_id}"
+
+    def _workdir(self, job_id: int) -> Path:
+        return self.config.work_root / self._marker(job_id)
+
+    def _clean_host(self, dead_jobs: set[str] | None = None) -> host.CleanupReport:
+        """End processes, mounts and nbd devices left by builds of ours (default: all of them).
+
+        Called only while no build of ours runs.
+        """
+        jobs = self.store.jobs()
+        if dead_jobs is None:
+            dead_jobs = {self._marker(job.id) for job in jobs}
+        groups = {job.pgid: self._marker(job.id) for job in jobs if job.pgid}
         report = host.clean_host(live_jobs=set(), dead_jobs=dead_jobs, work_root=self.config.work_root,
                                  process_groups=groups)
         if any(report.counts().values()):
             log.warning("host.cleaned", **report.counts())
-        return report------------------------------------------------------------------------
+        return report
+
+    # ----- jobs ending ------------------------------------------------------------------------
 
     def _fail(self, job: Job, stage: str, reason: str) -> None:
         self.store.update(job.id, state=FAILED, failed_stage=stage, error=reason, pgid=None, stage=None)

@@ -87,6 +87,12 @@ class DaemonProcess:
             self.process.wait(timeout=timeout)
         return time.monotonic() - started
 
+    def marker(self, job_id: int) -> str:
+        """The ESXI_WATCHER_JOB value the daemon gives this job's build processes."""
+        import hashlib
+
+        return hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8] + f"-{job_id}"
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

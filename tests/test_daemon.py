@@ -18,6 +18,7 @@ BUILD = 22380479
 
 @pytest.fixture
 def esxi_iso(tmp_path):
+    (tmp_path / "src").mkdir()
     return make_esxi_iso(tmp_path / "src" / f"VMware-VMvisor-Installer-8.0U2-{BUILD}.x86_64.iso",
                          version="8.0U2", build=BUILD, payload_size=1 << 20)
 
@@ -36,7 +37,7 @@ def test_dropped_iso_becomes_a_verified_boot_resource(tmp_path, simulator, daemo
     [resource] = [r for r in simulator.resources() if r["name"] == name]
     [newest_set] = resource["sets"].values()
     [image] = newest_set["files"].values()
-    assert image["filetype"] == "ddgz" and image["complete"]
+    assert image["filetype"] == "root-dd.gz" and image["complete"]  # what MAAS stores for ddgz
     held = simulator.file_bytes(name)
     assert image["sha256"] == _sha256(held)
     # The bytes MAAS holds are the artifact built from this very ISO.
@@ -62,14 +63,14 @@ def test_same_iso_twice_builds_once(tmp_path, simulator, daemon_factory, esxi_is
     assert "first.iso" in duplicate["error"]
     assert (daemon.drop_dir / "done" / "second copy.iso").exists()
     assert (daemon.drop_dir / "done" / "second copy.iso.reason.txt").exists()
-    builds = [e for e in daemon.log_events() if e.get("event") == "build.started"]
+    builds = [e for e in daemon.log_events() if e.get("event") == "job.building"]
     assert len(builds) == 1
     assert len([r for r in simulator.resources() if r["name"].startswith("esxi/")]) == 1
 
 
 def test_bad_input_is_rejected_with_a_reason(tmp_path, simulator, daemon_factory):
     daemon = daemon_factory(write_config(tmp_path / "site", simulator))
-    ubuntu = make_ubuntu_iso(tmp_path / "src" / "ubuntu-24.04-live-server-amd64.iso")
+    ubuntu = make_ubuntu_iso(tmp_path / "ubuntu-24.04-live-server-amd64.iso")
     drop(ubuntu, daemon.drop_dir, "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso")
     notes = tmp_path / "notes.iso"
     notes.write_text("this is a text file, not an ISO\n")
@@ -107,12 +108,12 @@ def test_sigterm_mid_build_stops_fast_and_loses_nothing(tmp_path, simulator, dae
     daemon = daemon_factory(config)
     dropped = drop(esxi_iso, daemon.drop_dir)
     job = daemon.wait_for_state(dropped.name, "building")
-    wait_for(lambda: no_processes_of(str(job["id"])), 30, "the build's processes to start")
+    wait_for(lambda: no_processes_of(daemon.marker(job["id"])), 30, "the build's processes to start")
     time.sleep(1)
     took = daemon.stop(signal.SIGTERM)
     assert took < 10, f"the daemon took {took:.1f} s to stop"
     assert daemon.process.returncode == 0
-    assert no_processes_of(str(job["id"])) == []
+    assert no_processes_of(daemon.marker(job["id"])) == []
     assert daemon.job_for(dropped.name)["state"] == "queued"
     assert dropped.exists()
 

@@ -637,10 +637,12 @@ async def notify_admins(*, url: str, api_key: str, message: str, category: str, 
     any failure is logged, never raised."""
     try:
         client = await _Client.connect(url, api_key, request_timeout)
-        for notification in await client.call(client.session.Notifications.read, "listing notifications") or []:
-            if notification.get("ident") == ident:
-                await client.call(client.session.Notification.delete, "deleting a notification",
-                                  missing_ok=True, id=notification["id"])
+        single = getattr(client.session, "Notification", None)  # absent from some API descriptions
+        if single is not None:
+            for notification in await client.call(client.session.Notifications.read, "listing notifications") or []:
+                if notification.get("ident") == ident:
+                    await client.call(single.delete, "deleting a notification", missing_ok=True,
+                                      id=notification["id"])
         await client.call(client.session.Notifications.create, "creating a notification", message=message,
                           category=category, ident=ident, admins="true")
         log.info("maas.notified", ident=ident, category=category)

@@ -41,7 +41,9 @@ def job_rows(jobs: Iterable[Job]) -> list[dict]:
 
 def job_table(jobs: Iterable[Job]) -> str:
     """A plain table for people: id, state, ISO, resource or reason."""
-    lines = [f"{'ID':>4}  {'STATE':<10}  {'ISO':<48}  RESOURCE / REASON"]
+    jobs = list(jobs)
+    width = min(max([len(job.iso) for job in jobs] + [3]), 64)
+    lines = [f"{'ID':>4}  {'STATE':<10}  {'ISO':<{width}}  RESOURCE / REASON"]
     for job in jobs:
         detail = job.resource or ""
         if job.error and job.state not in ("registered",):
@@ -49,5 +51,6 @@ def job_table(jobs: Iterable[Job]) -> str:
         elif job.stage and job.state not in ("registered",):
             detail = (detail + ": " if detail else "") + job.stage
         iso = job.iso.replace("\n", "\\n")
-        lines.append(f"{job.id:>4}  {job.state:<10}  {iso[:48]:<48}  {detail.splitlines()[0] if detail else ''}")
+        first_line = detail.splitlines()[0] if detail else ""
+        lines.append(f"{job.id:>4}  {job.state:<10}  {iso[:width]:<{width}}  {first_line}")
     return "\n".join(lines)

@@ -136,10 +136,18 @@ class DropWatcher:
         log.info("watch.started", drop_dir=str(self.drop_dir))
 
     def _stop_observer(self) -> None:
-        if self._observer is not None:
+        if self._observer is None:
+            return
+        # Newer watchdog logs a spurious error when its emitter is stopped mid-read.
+        emitter_log = logging.getLogger("watchdog.observers.inotify")
+        level = emitter_log.level
+        emitter_log.setLevel(logging.CRITICAL)
+        try:
             self._observer.stop()
             self._observer.join(timeout=5)
-            self._observer = None
+        finally:
+            emitter_log.setLevel(level)
+        self._observer = None
 
     def ensure_watching(self) -> None:
         """Re-arm inotify if the drop dir was removed and recreated (or appeared late)."""

@@ -64,6 +64,8 @@ def run_demo(folder: Path) -> int:
             return 1
         _say(f"registered in {took:.1f} s")
         for resource in maas.resources():
+            if not resource["name"].startswith("esxi/"):
+                continue
             for version, resource_set in resource["sets"].items():
                 for filename, image in resource_set["files"].items():
                     held = maas.file_bytes(resource["name"])

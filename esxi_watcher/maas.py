@@ -371,6 +371,8 @@ def _describe_failed(message: str, url: str) -> Exception:
     status = int(match.group(1))
     if status >= 500:
         return _Transient(f"HTTP {status}")
+    if status == 404:
+        return MaasError(f"no MAAS API at {url} (HTTP 404): check maas.url (e.g. http://HOST:5240/MAAS/)")
     return _refused(status, message, "describing its API")
 
 
@@ -584,6 +586,10 @@ async def register_image(*, url: str, api_key: str, name: str, title: str, archi
                          retries: int = 8, retry_max_wait: float = 600, chunk_size: int = 4 << 20,
                          complete_timeout: float = 600, poll_interval: float = 2) -> Registration:
     """Make MAAS hold `artifact` as the newest complete set of boot resource (name, architecture).
+
+    progress gets 0..1 as chunks go out (from 0 again when an upload starts over). `retries` counts
+    tries after the first. complete_timeout bounds the wait for MAAS to call the new set complete
+    (ImageNotComplete, retryable later: the upload is not repeated within this call).
 
     Connection errors, timeouts and 5xx answers are retried `retries` times (waits growing to
     retry_max_wait, each announced through on_retry), then raise MaasUnavailable. 401/403 raise

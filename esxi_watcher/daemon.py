@@ -19,7 +19,8 @@ import structlog
 
 from esxi_watcher import build, host, maas, outcomes, sdnotify
 from esxi_watcher.config import Config
-from esxi_watcher.errors import BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable
+from esxi_watcher.errors import (BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable,
+                                 StoreUnavailable)
 from esxi_watcher.intake import Intake
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 TICK = 0.5
 NO_KEY_RECHECK = 30.0
 KVM_RECHECK = 600.0
+STORE_RECHECK = 10.0
 
 
 class Daemon:
@@ -99,6 +101,8 @@ class Daemon:
             while not self.stop_event.is_set():
                 try:
                     loop()
+                except StoreUnavailable as error:
+                    self._store_unavailable(error)
                 except Exception:  # a bug in one job must not stop the daemon
                     log.exception("worker.crashed", worker=name)
                     self.stop_event.wait(5)
@@ -121,6 +125,9 @@ class Daemon:
                     break
                 try:
                     intake.take_in(path)
+                except StoreUnavailable as error:
+                    watcher.nominate(path)  # taken in again once the store can be written
+                    self._store_unavailable(error)
                 except Exception:
                     log.exception("intake.crashed", iso=path.name)
             self._notify()
@@ -129,8 +136,21 @@ class Daemon:
                 last_ping = time.monotonic()
             self.stop_event.wait(TICK)
 
+    def _store_unavailable(self, error: StoreUnavailable) -> None:
+        """A full state dir stops all work but not the daemon: say so, wait, try again."""
+        log.error("store.unavailable", reason=str(error.__cause__ or error), state_dir=str(self.config.state_dir))
+        self.stop_event.wait(STORE_RECHECK)
+
     def _notify(self, ready: bool = False) -> None:
-        fields = {"STATUS": status_line(self.store.counts(), self.activity)}
+        try:
+            counts = self.store.counts()
+        except StoreUnavailable:
+            counts = {}
+        activity = dict(self.activity)
+        if self.store.write_error:
+            activity["store"] = (f"cannot write the job store ({self.store.write_error}): "
+                                 f"free space in {self.config.state_dir}")
+        fields = {"STATUS": status_line(counts, activity)}
         if ready:
             fields["READY"] = "1"
         sdnotify.notify(**fields)

@@ -77,3 +77,7 @@ class HostNotClean(EsxiWatcherError):
     def __init__(self, problems: list[str]):
         self.problems = problems
         super().__init__("host not clean: " + "; ".join(problems))
+
+
+class StoreUnavailable(EsxiWatcherError):
+    """The job store cannot be written (a full or read-only state dir): work waits until it can."""

@@ -54,6 +54,10 @@ def precheck(status: os.stat_result, max_size: int) -> Refusal | None:
         return Refusal("is not a regular file (a FIFO, socket or device node)")
     if status.st_size == 0:
         return Refusal("is empty (0 bytes)")
+    if not status.st_mode & 0o444:
+        # root could read it anyway, but a file nobody may read was not meant to be taken yet
+        return Refusal(f"has no read permission (mode {stat.S_IMODE(status.st_mode):04o}): "
+                       "chmod a+r it and drop it again")
     if status.st_size > max_size:
         return Refusal(f"is {_human_size(status.st_size)}, over watch.max_iso_size "
                        f"({_human_size(max_size)}); raise it if this really is an ESXi ISO")

@@ -10,7 +10,7 @@ from esxi_watcher.store import Job
 
 def status_line(counts: dict[str, int], activity: dict[str, str]) -> str:
     """Given job counts by state and what the workers do now, return systemd's STATUS= text."""
-    doing = [activity[worker] for worker in ("builder", "registrar") if activity.get(worker)]
+    doing = [activity[worker] for worker in ("store", "builder", "registrar") if activity.get(worker)]
     if doing:
         return "; ".join(doing)
     idle = f"idle: {counts.get('registered', 0)} registered, {counts.get('queued', 0)} queued"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
+from esxi_watcher.errors import StoreUnavailable
+
 QUEUED = "queued"
 BUILDING = "building"
 BUILT = "built"
@@ -103,6 +105,7 @@ class JobStore:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self.write_error: str | None = None  # why the last write failed, until one succeeds
         self._connection = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
                                            isolation_level=None)
         self._connection.row_factory = sqlite3.Row
@@ -116,7 +119,15 @@ class JobStore:
 
     def _execute(self, sql: str, parameters: tuple | dict = ()) -> sqlite3.Cursor:
         with self._lock:
-            return self._connection.execute(sql, parameters)
+            try:
+                cursor = self._connection.execute(sql, parameters)
+            except sqlite3.OperationalError as error:
+                if not sql.startswith("SELECT"):
+                    self.write_error = str(error)
+                raise StoreUnavailable(f"job store {self.path}: {error}") from error
+            if not sql.startswith("SELECT"):
+                self.write_error = None
+            return cursor
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:

@@ -6,7 +6,11 @@ Used by the tests and by the demo.
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
+import tempfile
+import threading
 import subprocess
 import sys
 import time
@@ -68,12 +72,33 @@ class DaemonProcess:
         self.state_dir = Path(self.config["state_dir"])
         self.log_path = config_path.parent / "daemon.log"
         self.process: subprocess.Popen | None = None
+        self.notifications: list[str] = []  # what the daemon sent to "systemd" (READY=1, STATUS=...)
+        self._notify_socket: socket.socket | None = None
+
+    def _listen_like_systemd(self) -> str:
+        path = tempfile.mktemp(prefix="esxi-notify-", dir="/tmp")
+        self._notify_socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify_socket.bind(path)
+
+        def receive(sock: socket.socket) -> None:
+            while True:
+                try:
+                    message = sock.recv(4096)
+                except OSError:
+                    return
+                self.notifications.extend(message.decode().splitlines())
+        threading.Thread(target=receive, args=(self._notify_socket,), daemon=True).start()
+        return path
+
+    def statuses(self) -> list[str]:
+        return [line[len("STATUS="):] for line in list(self.notifications) if line.startswith("STATUS=")]
 
     def start(self) -> DaemonProcess:
         log = open(self.log_path, "ab")
+        environment = {**os.environ, "NOTIFY_SOCKET": self._listen_like_systemd()}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "esxi_watcher", "--config", str(self.config_path), "run"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT, env=environment)
         log.close()
         wait_for(lambda: (self.state_dir / "jobs.sqlite3").exists() or self.process.poll() is not None,
                  30, "the daemon to open its store")

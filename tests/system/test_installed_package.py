@@ -1,0 +1,193 @@
+"""End to end through the installed .deb under a real systemd (Debian 12 in systemd-nspawn).
+
+Builds esxi-watcher_*.deb and python3-libmaas_*.deb, installs both with apt in a booted container,
+and checks what an admin would: the service runs (Type=notify, a Status line), builds an ISO
+copied into /var/lib/esxi-drop with the real Packer, registers it in MAAS (the simulator on the
+host's loopback, reached through the shared network), stops cleanly, and `apt purge` removes the
+unit, state and config but keeps the ISO. The `systemctl status` outputs and the
+`systemd-analyze security` table are printed for the CI log (run pytest with -s to see them live).
+
+Needs root (debootstrap, nspawn). Budget: 15 minutes with a cold cache, about 2 with a warm one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.isogen import make_esxi_iso
+from tests.maas_simulator import MaasSimulator
+from tests.system.build_debs import REPO, build_debs
+from tests.system.container import Container, cached_root, packages_for
+
+RESOURCE = "esxi/8.0.2-22380479"
+ISO_NAME = "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso"
+TEMPLATE_INSIDE = "/opt/packer-maas-test"
+BUDGET_SECONDS = 15 * 60
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory):
+    started = time.monotonic()
+    built = build_debs(tmp_path_factory.mktemp("debs"))
+    print(f"\nbuild-debs: {time.monotonic() - started:.1f} s: {[deb.name for deb in built]}")
+    return built
+
+
+@pytest.fixture(scope="module")
+def container(debs):
+    started = time.monotonic()
+    root = cached_root(packages_for(debs))
+    print(f"container root ready: {time.monotonic() - started:.1f} s")
+    started = time.monotonic()
+    with Container.boot(root) as booted:
+        print(f"container boot: {time.monotonic() - started:.1f} s")
+        yield booted
+
+
+def wait_for(what: str, check, timeout: float, every: float = 0.5):
+    """Call check() until it returns something true; return it, or fail after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+def unit_properties(container: Container, *names: str) -> dict[str, str]:
+    output = container.run(["systemctl", "show", "esxi-watcher", "-p", ",".join(names)],
+                           check=False).stdout
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def active_with_status(container: Container) -> dict[str, str] | None:
+    properties = unit_properties(container, "ActiveState", "SubState", "StatusText")
+    if properties.get("ActiveState") == "active" and properties.get("StatusText"):
+        return properties
+    return None
+
+
+def install_debs(container: Container, debs: list[Path]) -> None:
+    inside = container.path("/root/debs")
+    inside.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy2(deb, inside / deb.name)
+    container.run(["apt-get", "update", "-qq"], timeout=300)
+    result = container.run(["apt-get", "install", "-y", *[f"/root/debs/{deb.name}" for deb in debs]],
+                           timeout=600)
+    print(result.stdout[-3000:])
+
+
+def write_test_config(container: Container, simulator: MaasSimulator) -> None:
+    """Point the installed service at the test template and the simulator (a root-only key)."""
+    shutil.copytree(REPO / "tests/templates/file-builder", container.path(TEMPLATE_INSIDE),
+                    dirs_exist_ok=True)
+    key_file = container.path("/etc/esxi-watcher/maas-api-key")
+    key_file.write_text(simulator.api_key + "\n")
+    key_file.chmod(0o600)
+    config = container.path("/etc/esxi-watcher/config.yaml")
+    text = config.read_text()
+    text = re.sub(r"(?m)^  template_dir: .*$", f"  template_dir: {TEMPLATE_INSIDE}/vmware-esxi", text)
+    text = re.sub(r"(?m)^  url: .*$", f"  url: '{simulator.url}'", text)
+    text = re.sub(r"(?m)^  settle: .*$", "  settle: 1s", text)
+    config.write_text(text)
+    assert f"template_dir: {TEMPLATE_INSIDE}/vmware-esxi" in text and simulator.url in text
+
+
+def registered(simulator: MaasSimulator) -> bool:
+    return any(resource.get("name") == RESOURCE for resource in simulator.resources())
+
+
+def test_installed_package_under_systemd(container, debs, tmp_path):
+    started = time.monotonic()
+
+    # Install both .debs with apt, as an admin would; the service is enabled and started.
+    install_debs(container, debs)
+    container.run(["dpkg", "-s", "packer"])  # a Recommends, installed with it
+    assert container.run(["systemctl", "is-enabled", "esxi-watcher"]).stdout.strip() == "enabled"
+    drop_dir = os.stat(container.path("/var/lib/esxi-drop"))
+    assert stat.S_IMODE(drop_dir.st_mode) == 0o2775
+    group = container.run(["getent", "group", "esxi-drop"]).stdout.split(":")
+    assert drop_dir.st_uid == 0 and drop_dir.st_gid == int(group[2])
+    assert stat.S_IMODE(os.stat(container.path("/var/lib/esxi-watcher")).st_mode) == 0o750
+    assert container.path("/usr/share/man/man8/esxi-watcher.8.gz").is_file()
+
+    # Without MAAS credentials (and without a packer-maas checkout) it runs and says so.
+    idle = wait_for("esxi-watcher active with a Status line", lambda: active_with_status(container),
+                    timeout=60)
+    container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
+                   "systemctl status esxi-watcher (installed, no MAAS key)")
+    assert idle["StatusText"]
+
+    security = container.show(["systemd-analyze", "security", "--no-pager", "esxi-watcher"],
+                              "systemd-analyze security esxi-watcher")
+    exposure = re.search(r"Overall exposure level for esxi-watcher\.service: ([\d.]+) (\w+)",
+                         security)
+    assert exposure, security
+    print(f"exposure score: {exposure.group(1)} {exposure.group(2)}")
+    assert float(exposure.group(1)) < 6.0
+
+    # Point it at the simulator and the test template, restart, wait for READY.
+    with MaasSimulator(tmp_path / "maas", mode="3.8").start() as simulator:
+        write_test_config(container, simulator)
+        container.run(["systemctl", "restart", "esxi-watcher"], timeout=120)
+        wait_for("the restarted service", lambda: active_with_status(container), timeout=60)
+        container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
+                       "systemctl status esxi-watcher (idle, configured)")
+
+        # Drop an ISO (written beside the drop dir, copied in like `cp` does).
+        iso = make_esxi_iso(tmp_path / ISO_NAME, "8.0U2", 22380479)
+        shutil.copy(iso, container.path(f"/var/lib/esxi-drop/{ISO_NAME}"))
+
+        def busy_status():
+            status = unit_properties(container, "StatusText").get("StatusText", "")
+            return status if not status.startswith("idle") else None
+
+        building = wait_for("a status other than idle", busy_status, timeout=60, every=0.05)
+        container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
+                       f"systemctl status esxi-watcher (working: {building})")
+
+        wait_for(f"{RESOURCE} in the MAAS simulator", lambda: registered(simulator), timeout=180)
+        after = wait_for("a status counting the registration",
+                         lambda: "1 registered" in unit_properties(container, "StatusText")
+                         .get("StatusText", "") and unit_properties(container, "StatusText"),
+                         timeout=60)
+        output = container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
+                                "systemctl status esxi-watcher (after registration)")
+        assert "1 registered" in output and after
+        jobs = container.show(["esxi-watcher", "status"], "esxi-watcher status")
+        assert RESOURCE in jobs
+        assert container.path(f"/var/lib/esxi-drop/done/{ISO_NAME}").is_file()
+        assert simulator.api_key not in container.run(
+            ["journalctl", "-u", "esxi-watcher", "--no-pager"]).stdout
+
+    # A clean stop: no failure, no restart loop, no traceback in the journal.
+    container.run(["systemctl", "stop", "esxi-watcher"], timeout=150)
+    stopped = unit_properties(container, "ActiveState", "Result", "NRestarts")
+    assert stopped == {"ActiveState": "inactive", "Result": "success", "NRestarts": "0"}, stopped
+    journal = container.show(["journalctl", "-u", "esxi-watcher", "--no-pager", "-n", "60"],
+                             "journalctl -u esxi-watcher (last lines)")
+    assert "Traceback" not in journal
+
+    # Purge: unit, state and config go; the dropped ISO stays.
+    container.show(["apt-get", "purge", "-y", "esxi-watcher"], "apt-get purge -y esxi-watcher")
+    assert not container.path("/lib/systemd/system/esxi-watcher.service").exists()
+    load_state = container.run(["systemctl", "show", "-p", "LoadState", "esxi-watcher"]).stdout
+    assert load_state.strip() == "LoadState=not-found"
+    assert not container.path("/var/lib/esxi-watcher").exists()
+    assert not container.path("/etc/esxi-watcher").exists()
+    assert container.path(f"/var/lib/esxi-drop/done/{ISO_NAME}").is_file()
+    assert iso.read_bytes() == container.path(f"/var/lib/esxi-drop/done/{ISO_NAME}").read_bytes()
+
+    elapsed = time.monotonic() - started
+    print(f"system test (after boot): {elapsed:.1f} s")
+    assert elapsed < BUDGET_SECONDS

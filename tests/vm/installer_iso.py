@@ -131,16 +131,18 @@ def _make_iso(destination: Path, parts: Path, variant: str, build: int, version:
         root = scratch_path / "root"
         root.mkdir()
         kernel = next((parts / "boot").glob("vmlinuz-*"))
-        shutil.copyfile(kernel, root / "VMLINUZ")
-        _write_initramfs(root / "INITRD.GZ", parts, scratch_path / "initramfs", variant, build)
-        shutil.copyfile(parts / "usr/lib/ISOLINUX/isolinux.bin", root / "ISOLINUX.BIN")
-        shutil.copyfile(parts / "usr/lib/syslinux/modules/bios/ldlinux.c32", root / "LDLINUX.C32")
-        shutil.copyfile(HERE / "isolinux.cfg", root / "ISOLINUX.CFG")
+        shutil.copyfile(kernel, root / "vmlinuz")
+        _write_initramfs(root / "initrd.gz", parts, scratch_path / "initramfs", variant, build)
+        shutil.copyfile(parts / "usr/lib/ISOLINUX/isolinux.bin", root / "isolinux.bin")
+        shutil.copyfile(parts / "usr/lib/syslinux/modules/bios/ldlinux.c32", root / "ldlinux.c32")
+        shutil.copyfile(HERE / "isolinux.cfg", root / "isolinux.cfg")
         _write_esxi_lookalike_files(root, build, version)
+        # isolinux looks its files up by exact (lower-case) name: -relaxed-filenames keeps them so;
+        # the ESXi look-alike files are upper case, as on a stock ESXi ISO.
         partial = destination.with_suffix(".partial")
         _run(["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-relaxed-filenames",
               "-V", f"ESXI-{version}-{build}", "-o", str(partial),
-              "-b", "ISOLINUX.BIN", "-c", "BOOT.CAT", "-no-emul-boot", "-boot-load-size", "4",
+              "-b", "isolinux.bin", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4",
               "-boot-info-table", str(root)])
         partial.rename(destination)
 

@@ -335,7 +335,8 @@ class Daemon:
                 url=settings.url, api_key=api_key, name=name, title=title,
                 architecture=settings.architecture, artifact=Path(job.artifact), sha256=_sha256_file(job.artifact),
                 size=os.path.getsize(job.artifact), progress=progress, on_retry=on_retry,
-                request_timeout=settings.request_timeout, retries=3, retry_max_wait=30))
+                request_timeout=settings.request_timeout, retries=3,
+                retry_max_wait=min(30.0, settings.retry_max_wait)))
             while not task.done():
                 if self.stop_event.is_set():
                     task.cancel()

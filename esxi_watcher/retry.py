@@ -17,10 +17,10 @@ def retry_job(store: JobStore, job: Job, drop_dir: Path) -> Job:
     """Given a failed job, queue its registration (if its image is built) or its build again."""
     if job.state != FAILED:
         raise NotRetryable(f"job {job.id} is {job.state}, not failed: nothing to retry")
+    iso_path = _back_to_drop_dir(Path(job.iso_path), drop_dir)
     if job.failed_stage == "register" and job.artifact and os.path.exists(job.artifact):
         return store.update(job.id, state=BUILT, stage="retry requested", error=None, next_try=0,
-                            register_attempts=0)
-    iso_path = _back_to_drop_dir(Path(job.iso_path), drop_dir)
+                            register_attempts=0, iso_path=str(iso_path))
     return store.update(job.id, state=QUEUED, stage="retry requested", error=None, next_try=0,
                         build_attempts=0, register_attempts=0, iso_path=str(iso_path), artifact=None)
 

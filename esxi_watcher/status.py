@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Iterable
 
-from esxi_watcher.store import Job
+from esxi_watcher.store import ACTIVE_STATES, Job
 
 
 def status_line(counts: dict[str, int], activity: dict[str, str]) -> str:
@@ -46,10 +46,9 @@ def job_table(jobs: Iterable[Job]) -> str:
     lines = [f"{'ID':>4}  {'STATE':<10}  {'ISO':<{width}}  RESOURCE / REASON"]
     for job in jobs:
         detail = job.resource or ""
-        if job.error and job.state not in ("registered",):
-            detail = (detail + ": " if detail else "") + job.error
-        elif job.stage and job.state not in ("registered",):
-            detail = (detail + ": " if detail else "") + job.stage
+        note = job.stage if job.state in ACTIVE_STATES else job.error if job.state != "registered" else None
+        if note:
+            detail = (detail + ": " if detail else "") + note
         iso = job.iso.replace("\n", "\\n")
         first_line = detail.splitlines()[0] if detail else ""
         lines.append(f"{job.id:>4}  {job.state:<10}  {iso[:width]:<{width}}  {first_line}")

@@ -163,13 +163,15 @@ class Container:
         self.init_pid = 0
 
     @classmethod
-    def boot(cls, cached: Path) -> "Container":
-        """Copy a cached root, boot it and wait until systemd is up; return the Container."""
+    def boot(cls, cached: Path, devices: Iterable[str] = ()) -> "Container":
+        """Copy a cached root, boot it (with the host's devices given, e.g. /dev/fuse, bound in)
+        and wait until systemd is up; return the Container."""
         root = copy_root(cached)
         mounted_run = ensure_nspawn_runtime_dir()
         console_log = root.with_name(root.name + ".console.log")
         argv = ["systemd-nspawn", "--register=no", "--keep-unit", "-D", str(root), "-b",
-                "--console=read-only", f"--machine={root.name[-12:].replace('_', '-')}"]
+                "--console=read-only", f"--machine={root.name[-12:].replace('_', '-')}",
+                *[f"--bind={device}" for device in devices if Path(device).exists()]]
         print("+", " ".join(argv), flush=True)
         with open(console_log, "wb") as console:
             nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
@@ -269,7 +271,8 @@ class Container:
                 os.killpg(self.nspawn.pid, signal.SIGKILL)
                 self.nspawn.wait(30)
         print(f"container stopped (nspawn exit {self.nspawn.returncode})", flush=True)
-        if self.mounted_run and not any(NSPAWN_RUN.iterdir()):
+        # Unmount the tmpfs this run put there, unless another container still uses it.
+        if self.mounted_run and not any(NSPAWN_RUN.glob("propagate/*")):
             subprocess.run(["umount", str(NSPAWN_RUN)], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
         self.console_log.unlink(missing_ok=True)
@@ -296,3 +299,17 @@ def packages_for(debs: Iterable[Path]) -> list[str]:
                             text=True, check=True).stdout.strip() for deb in debs}
     wanted = {name for deb in debs for name in deb_field_packages(deb, ["Depends", "Recommends"])}
     return sorted(wanted - built)
+
+
+def install_debs(container: Container, debs: Iterable[Path]) -> None:
+    """Copy the .debs into the container and install them with apt, as an admin would."""
+    debs = list(debs)
+    inside = container.path("/root/debs")
+    inside.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copy2(deb, inside / deb.name)
+    container.run(["apt-get", "update", "-qq"], timeout=300)
+    result = container.run(["apt-get", "install", "-y", *[f"/root/debs/{deb.name}" for deb in debs]],
+                           timeout=600)
+    print("\n".join(line for line in result.stdout.splitlines()
+                    if not line.startswith("(Reading database")), flush=True)

@@ -17,27 +17,18 @@ import re
 import shutil
 import stat
 import time
-from pathlib import Path
 
 import pytest
 
 from tests.isogen import make_esxi_iso
 from tests.maas_simulator import MaasSimulator
-from tests.system.build_debs import REPO, build_debs
-from tests.system.container import Container, cached_root, packages_for
+from tests.system.build_debs import REPO
+from tests.system.container import Container, cached_root, install_debs, packages_for
 
 RESOURCE = "esxi/8.0.2-22380479"
 ISO_NAME = "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso"
 TEMPLATE_INSIDE = "/opt/packer-maas-test"
 BUDGET_SECONDS = 15 * 60
-
-
-@pytest.fixture(scope="module")
-def debs(tmp_path_factory):
-    started = time.monotonic()
-    built = build_debs(tmp_path_factory.mktemp("debs"))
-    print(f"\nbuild-debs: {time.monotonic() - started:.1f} s: {[deb.name for deb in built]}")
-    return built
 
 
 @pytest.fixture(scope="module")
@@ -74,17 +65,6 @@ def active_with_status(container: Container) -> dict[str, str] | None:
     if properties.get("ActiveState") == "active" and properties.get("StatusText"):
         return properties
     return None
-
-
-def install_debs(container: Container, debs: list[Path]) -> None:
-    inside = container.path("/root/debs")
-    inside.mkdir(parents=True, exist_ok=True)
-    for deb in debs:
-        shutil.copy2(deb, inside / deb.name)
-    container.run(["apt-get", "update", "-qq"], timeout=300)
-    result = container.run(["apt-get", "install", "-y", *[f"/root/debs/{deb.name}" for deb in debs]],
-                           timeout=600)
-    print(result.stdout[-3000:])
 
 
 def write_test_config(container: Container, simulator: MaasSimulator) -> None:

@@ -27,6 +27,7 @@ from tests.system.build_debs import CACHE, system_env
 SUITE = "bookworm"
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 NSPAWN_RUN = Path("/run/systemd/nspawn")
+PRUNE_AFTER_DAYS = 14
 
 
 class ContainerError(RuntimeError):
@@ -100,7 +101,9 @@ def cached_root(packages: Iterable[str]) -> Path:
     building it (debootstrap, then apt-get in the root) when the cache has none."""
     packages = sorted(set(packages))
     final = CACHE / "roots" / root_key(packages)
+    prune_cache(keep=final)
     if (final / ".complete").exists():
+        os.utime(final / ".complete")  # last used: roots unused for PRUNE_AFTER_DAYS go
         print(f"container root: cached {final}", flush=True)
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +125,19 @@ def cached_root(packages: Iterable[str]) -> Path:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return final
+
+
+def prune_cache(keep: Path) -> None:
+    """Remove cached roots unused for PRUNE_AFTER_DAYS and run copies left by killed runs."""
+    now = time.time()
+    for root in (CACHE / "roots").glob("*"):
+        marker = root / ".complete"
+        last_used = marker.stat().st_mtime if marker.exists() else root.stat().st_mtime
+        if root != keep and now - last_used > PRUNE_AFTER_DAYS * 86400:
+            shutil.rmtree(root, ignore_errors=True)
+    for run in (CACHE / "runs").glob("*"):
+        if now - run.stat().st_mtime > 86400:  # no test run lasts a day: its container is gone
+            shutil.rmtree(run, ignore_errors=True) if run.is_dir() else run.unlink()
 
 
 def install_in_root(root: Path, packages: list[str]) -> None:

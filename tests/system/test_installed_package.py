@@ -32,14 +32,19 @@ BUDGET_SECONDS = 15 * 60
 
 
 @pytest.fixture(scope="module")
-def container(debs):
-    started = time.monotonic()
-    root = cached_root(packages_for(debs))
-    print(f"container root ready: {time.monotonic() - started:.1f} s")
-    started = time.monotonic()
-    with Container.boot(root) as booted:
+def container(debs, ci_log):
+    with ci_log():
+        started = time.monotonic()
+        root = cached_root(packages_for(debs))
+        print(f"container root ready: {time.monotonic() - started:.1f} s")
+        started = time.monotonic()
+        booted = Container.boot(root)
         print(f"container boot: {time.monotonic() - started:.1f} s")
+    try:
         yield booted
+    finally:
+        with ci_log():
+            booted.stop()
 
 
 def wait_for(what: str, check, timeout: float, every: float = 0.5):
@@ -87,7 +92,12 @@ def registered(simulator: MaasSimulator) -> bool:
     return any(resource.get("name") == RESOURCE for resource in simulator.resources())
 
 
-def test_installed_package_under_systemd(container, debs, tmp_path):
+def test_installed_package_under_systemd(container, debs, tmp_path, ci_log):
+    with ci_log():
+        check_installed_package(container, debs, tmp_path)
+
+
+def check_installed_package(container: Container, debs, tmp_path) -> None:
     started = time.monotonic()
 
     # Install both .debs with apt, as an admin would; the service is enabled and started.

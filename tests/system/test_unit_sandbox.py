@@ -36,19 +36,26 @@ def sandbox_properties() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def sandbox(debs):
-    root = cached_root(packages_for(debs))
-    with Container.boot(root, devices=["/dev/fuse", "/dev/kvm"]) as container:
-        install_debs(container, debs)
-        container.run(["systemctl", "stop", "esxi-watcher"])
+def sandbox(debs, ci_log):
+    with ci_log():
+        container = Container.boot(cached_root(packages_for(debs)),
+                                   devices=["/dev/fuse", "/dev/kvm"])
+    try:
+        with ci_log():
+            install_debs(container, debs)
+            container.run(["systemctl", "stop", "esxi-watcher"])
         properties = sandbox_properties()
 
         def run(script: str, title: str):
-            return container.show(["systemd-run", "--wait", "--pipe", "--collect", "--quiet",
-                                   *properties, "sh", "-c", script], title)
+            with ci_log():
+                return container.show(["systemd-run", "--wait", "--pipe", "--collect", "--quiet",
+                                      *properties, "sh", "-c", script], title)
 
         run.container = container
         yield run
+    finally:
+        with ci_log():
+            container.stop()
 
 
 def test_qemu_runs_a_guest_under_tcg(sandbox):

@@ -55,6 +55,7 @@ def build_installer_iso(out: Path, variant: str = "ok", build: int = 22380479,
     if not cached.exists():
         parts = _unpacked_parts(packages)
         _make_iso(cached, parts, variant, build, version)
+        _remove_other_versions(f"installer-{variant}-{build}-*.iso", keep=cached)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cached, out)
@@ -121,8 +122,24 @@ def _unpacked_parts(packages: tuple[tuple[str, str], ...]) -> Path:
         tree = scratch_path / "tree"
         for deb in sorted(debs.glob("*.deb")):
             _run(["dpkg", "-x", str(deb), str(tree)])
-        tree.rename(parts)
+        try:
+            tree.rename(parts)
+        except OSError:
+            if not parts.is_dir():  # else another test run unpacked the same versions meanwhile
+                raise
+    _remove_other_versions("parts-*", keep=parts)
     return parts
+
+
+def _remove_other_versions(pattern: str, keep: Path) -> None:
+    """Remove cache entries matching pattern other than keep (older package versions or scripts)."""
+    for path in CACHE_ROOT.glob(pattern):
+        if path == keep:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _make_iso(destination: Path, parts: Path, variant: str, build: int, version: str) -> None:
@@ -139,12 +156,12 @@ def _make_iso(destination: Path, parts: Path, variant: str, build: int, version:
         _write_esxi_lookalike_files(root, build, version)
         # isolinux looks its files up by exact (lower-case) name: -relaxed-filenames keeps them so;
         # the ESXi look-alike files are upper case, as on a stock ESXi ISO.
-        partial = destination.with_suffix(".partial")
+        partial = scratch_path / destination.name
         _run(["xorriso", "-as", "mkisofs", "-quiet", "-iso-level", "3", "-relaxed-filenames",
               "-V", f"ESXI-{version}-{build}", "-o", str(partial),
               "-b", "isolinux.bin", "-c", "boot.cat", "-no-emul-boot", "-boot-load-size", "4",
               "-boot-info-table", str(root)])
-        partial.rename(destination)
+        os.replace(partial, destination)
 
 
 def _write_initramfs(destination: Path, parts: Path, tree: Path, variant: str, build: int) -> None:

@@ -2,8 +2,9 @@
 
 BuildProgress is pure: it is fed lines and never reads or runs anything. Packer's lines (its
 `-machine-readable` CSV or the plain `==> qemu: ...` lines `make` shows) move it through the
-builder's steps; the serial console (read with SerialTail while the build runs) tells what Packer
-cannot see: the installer running, finishing, or stopping at an error. ESXi's installer shows
+builder's steps; the serial console (read with SerialTail while the build runs, or found in
+Packer's debug log when PACKER_LOG=1 and the template says `-serial stdio` as packer-maas's does)
+tells what Packer cannot see: the installer running, finishing, or stopping at an error. ESXi's installer shows
 errors as "An error has occurred while parsing the installation script" and the detail on the next
 lines; packer-maas's template puts ESXi's console on COM1 (tty2Port=com1).
 """
@@ -34,6 +35,7 @@ _SHUTDOWN_MARKERS = ("powering off", "reboot: power down", "installation complet
 _ERROR_MARKERS = re.compile(r"^(an error has occurred\b|error:|installer: error\b)", re.IGNORECASE)
 _ANSI_ESCAPE = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[@-Z\\-_])")
 _PACKER_PREFIX = re.compile(r"^\s*(==>|-->)?\s*[\w.-]+(\s*\([\w-]+\))?:\s?")
+_QEMU_STDOUT = re.compile(r" plugin: Qemu stdout: (.*)$")
 _KERNEL_TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 ERROR_DETAIL_LINES = 3
 
@@ -49,7 +51,15 @@ class BuildProgress:
         self._collecting_error = False
 
     def feed_packer(self, line: str) -> None:
-        """Given one line of Packer's output (machine-readable CSV or plain), advance the stage."""
+        """Given one line of Packer's output (machine-readable CSV or plain), advance the stage.
+
+        With PACKER_LOG=1 and packer-maas's `-serial stdio`, the guest's console shows up in
+        Packer's debug log as "... plugin: Qemu stdout: <line>": those go to feed_serial.
+        """
+        console = _QEMU_STDOUT.search(line)
+        if console:
+            self.feed_serial(console.group(1))
+            return
         text = packer_text(line)
         if text is None:
             return

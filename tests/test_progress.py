@@ -171,3 +171,17 @@ def test_serial_tail_function_gives_the_last_clean_lines(tmp_path):
 
     assert serial_tail(path, count=3) == ["line 27", "line 28", "line 29"]
     assert serial_tail(tmp_path / "missing.log") == []
+
+
+def test_console_lines_in_packers_debug_log_count_as_serial_lines():
+    # packer-maas's template has `-serial stdio`; with PACKER_LOG=1 Packer logs the guest's console.
+    progress = BuildProgress()
+    for line in ("==> qemu: Typing the boot command over VNC...",
+                 "2026/11/25 22:06:37 packer-builder-qemu plugin: Qemu stdout: installer: reading ks=x",
+                 "2026/11/25 22:06:38 packer-plugin-qemu_v1.1.0_x5.0_linux_amd64 plugin: Qemu stdout: "
+                 "An error has occurred while parsing the installation script",
+                 "2026/11/25 22:06:38 packer-builder-qemu plugin: Qemu stdout: error:x:line 1: bad"):
+        progress.feed_packer(line)
+
+    assert progress.stage == "installing"
+    assert progress.installer_error == "An error has occurred while parsing the installation script: error:x:line 1: bad"

@@ -29,6 +29,7 @@ RESOURCE = "esxi/8.0.2-22380479"
 ISO_NAME = "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso"
 TEMPLATE_INSIDE = "/opt/packer-maas-test"
 BUDGET_SECONDS = 15 * 60
+WATCHDOG_SECONDS = 4
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +127,15 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
     print(f"exposure score: {exposure.group(1)} {exposure.group(2)}")
     assert float(exposure.group(1)) < 6.0
 
-    # Point it at the simulator and the test template, restart, wait for READY.
+    # Point it at the simulator and the test template, restart, wait for READY. A drop-in (as an
+    # admin's `systemctl edit`) shortens the watchdog so that missing WATCHDOG=1 pings would show
+    # as a restart within the test.
     with MaasSimulator(tmp_path / "maas", mode="3.8").start() as simulator:
         write_test_config(container, simulator)
+        drop_in = container.path("/etc/systemd/system/esxi-watcher.service.d/test-watchdog.conf")
+        drop_in.parent.mkdir(parents=True, exist_ok=True)
+        drop_in.write_text(f"[Service]\nWatchdogSec={WATCHDOG_SECONDS}s\n")
+        container.run(["systemctl", "daemon-reload"])
         container.run(["systemctl", "restart", "esxi-watcher"], timeout=120)
         wait_for("the restarted service", lambda: active_with_status(container), timeout=60)
         container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
@@ -160,6 +167,14 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
         assert simulator.api_key not in container.run(
             ["journalctl", "-u", "esxi-watcher", "--no-pager"]).stdout
 
+        # Alive past two watchdog periods since the restart, never restarted: the pings arrive.
+        time.sleep(2 * WATCHDOG_SECONDS)
+        alive = unit_properties(container, "ActiveState", "NRestarts", "WatchdogUSec")
+        assert alive == {"ActiveState": "active", "NRestarts": "0",
+                         "WatchdogUSec": f"{WATCHDOG_SECONDS}s"}, alive
+        drop_in.unlink()
+        container.run(["systemctl", "daemon-reload"])
+
     # A clean stop: no failure, no restart loop, no traceback in the journal.
     container.run(["systemctl", "stop", "esxi-watcher"], timeout=150)
     stopped = unit_properties(container, "ActiveState", "Result", "NRestarts")
@@ -171,6 +186,8 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
     # Purge: unit, state and config go; the dropped ISO stays.
     container.show(["apt-get", "purge", "-y", "esxi-watcher"], "apt-get purge -y esxi-watcher")
     assert not container.path("/lib/systemd/system/esxi-watcher.service").exists()
+    assert not container.path(
+        "/etc/systemd/system/multi-user.target.wants/esxi-watcher.service").is_symlink()
     load_state = container.run(["systemctl", "show", "-p", "LoadState", "esxi-watcher"]).stdout
     assert load_state.strip() == "LoadState=not-found"
     assert not container.path("/var/lib/esxi-watcher").exists()

@@ -3,18 +3,24 @@
 Runs the tools of the three template generations (qemu under TCG, qemu-nbd, nbdkit + nbdfuse +
 fusefat, mtools, mount) as transient units carrying exactly the [Service] sandbox lines of
 systemd/esxi-watcher.service, in a booted Debian 12 container with /dev/fuse and /dev/kvm bound
-in. Needs root.
+in. Last, the installed service itself builds a bootable fake ESXi installer with the qemu test
+template (Packer's qemu builder under TCG, then fuse-nbd and fusefat) and registers it. Needs root.
 """
 
 from __future__ import annotations
 
+import shutil
 import struct
 import time
 
 import pytest
+import yaml
 
+from tests.maas_simulator import MaasSimulator
 from tests.system.build_debs import REPO
 from tests.system.container import Container, cached_root, install_debs, packages_for
+from tests.vm.installer_iso import build_installer_iso
+from tests.vm.qemu_build import read_partition_file
 
 UNIT = REPO / "systemd/esxi-watcher.service"
 # [Service] lines about the process, not the sandbox: systemd-run sets its own.
@@ -52,6 +58,7 @@ def sandbox(debs, ci_log):
                                       *properties, "sh", "-c", script], title)
 
         run.container = container
+        run.ci_log = ci_log
         yield run
     finally:
         with ci_log():
@@ -109,3 +116,48 @@ def test_packer_maas_fuse_nbd_chain(sandbox):
     assert "read back: curtin-hooks-written-through-fuse" in output
     # The bytes went through fusefat, nbdfuse, nbdkit and qemu-nbd into the disk image.
     assert b"curtin-hooks-written-through-fuse" in image.read_bytes()
+
+
+def test_service_builds_with_qemu_and_fuse(sandbox, tmp_path):
+    """The installed, sandboxed service runs a real qemu build (TCG) through packer-maas's
+    fuse-nbd post-processing and registers the disk whose partition 1 holds the curtin hooks."""
+    container = sandbox.container
+    started = time.monotonic()
+    shutil.copytree(REPO / "tests/templates/qemu", container.path("/opt/packer-maas-qemu"),
+                    dirs_exist_ok=True)
+    installer = build_installer_iso(tmp_path / "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso")
+    with MaasSimulator(tmp_path / "maas", mode="3.8").start() as simulator:
+        key_file = container.path("/etc/esxi-watcher/maas-api-key")
+        key_file.write_text(simulator.api_key + "\n")
+        key_file.chmod(0o600)
+        config = {
+            "build": {"template_dir": "/opt/packer-maas-qemu/vmware-esxi", "timeout": "10m",
+                      "command": ["packer", "build", "-var", "vmware_esxi_iso_path={iso}",
+                                  "-var", "accelerator=tcg", "vmware-esxi.json"]},
+            "maas": {"url": simulator.url},
+            "watch": {"settle": "1s"},
+        }
+        container.path("/etc/esxi-watcher/config.yaml").write_text(yaml.safe_dump(config))
+        container.run(["systemctl", "restart", "esxi-watcher"], timeout=120)
+        shutil.copy(installer, container.path(f"/var/lib/esxi-drop/{installer.name}"))
+        deadline = time.monotonic() + 300
+        while not any(resource.get("name") == "esxi/8.0.2-22380479"
+                      for resource in simulator.resources()):
+            assert time.monotonic() < deadline, container.run(
+                ["journalctl", "-u", "esxi-watcher", "--no-pager", "-n", "40"]).stdout
+            time.sleep(1)
+        served = tmp_path / "served.dd.gz"
+        served.write_bytes(simulator.file_bytes("esxi/8.0.2-22380479"))
+    with sandbox.ci_log():
+        container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
+                       "systemctl status esxi-watcher (after a qemu build)")
+        print(f"qemu build through the service: {time.monotonic() - started:.1f} s")
+    hooks = (REPO / "tests/templates/qemu/vmware-esxi/curtin/curtin-hooks").read_bytes()
+    assert read_partition_file(served, "curtin/curtin-hooks") == hooks
+    assert unit_restarts(container) == "0"
+    container.run(["systemctl", "stop", "esxi-watcher"], timeout=150)
+
+
+def unit_restarts(container: Container) -> str:
+    return container.run(["systemctl", "show", "-p", "NRestarts", "--value",
+                          "esxi-watcher"]).stdout.strip()

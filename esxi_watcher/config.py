@@ -156,6 +156,9 @@ OPTIONS: tuple[Option, ...] = (
            ["make", "ISO={iso}", "TIMEOUT=2h"]),
     Option("build.artifact", parse_text, "vmware-esxi.dd.gz",
            "The file the build writes in the template folder; it must be a complete gzip."),
+    Option("build.console_log", parse_text, "serial.log",
+           "Where the template writes the VM's serial console (relative to the template folder). "
+           "Read while the build runs for its progress and installer errors; a missing file is fine."),
     Option("build.timeout", parse_duration, "2h",
            "A build still running after this long is killed (its whole process group)."),
     Option("build.retries", parse_count, 1,
@@ -199,6 +202,7 @@ class BuildConfig:
     template_dir: Path
     command: tuple[str, ...] | None
     artifact: str
+    console_log: str
     timeout: float
     retries: int
 

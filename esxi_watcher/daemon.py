@@ -25,6 +25,7 @@ from esxi_watcher.intake import Intake
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import resource_name, resource_title
+from esxi_watcher.progress import BuildMonitor
 from esxi_watcher.status import status_line
 from esxi_watcher.store import (BUILDING, BUILT, DUPLICATE, FAILED, FINAL_STATES, QUEUED, REGISTERED,
                                 REJECTED, UPLOADING, Job, JobStore)
@@ -47,6 +48,9 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         # Marks our build processes (ESXI_WATCHER_JOB=<instance>-<job>), unique per state dir, so
         # that crash recovery only ever touches builds of this daemon.
+        self._running_build: BuildMonitor | None = None
+        self._ping_every = sdnotify.watchdog_interval()
+        self._last_ping = 0.0
         self.instance = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
 
     # ----- life cycle -------------------------------------------------------------------------
@@ -109,10 +113,9 @@ class Daemon:
         return run
 
     def _main_loop(self, watcher) -> None:
-        intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event)
+        intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event,
+                        heartbeat=self._heartbeat)
         next_rescan = time.monotonic() + self.config.watch.rescan_interval
-        ping_every = sdnotify.watchdog_interval()
-        last_ping = 0.0
         while not self.stop_event.is_set():
             watcher.ensure_watching()
             if time.monotonic() >= next_rescan:
@@ -130,11 +133,18 @@ class Daemon:
                     self._store_unavailable(error)
                 except Exception:
                     log.exception("intake.crashed", iso=path.name)
+            monitor = self._running_build
+            if monitor is not None:
+                monitor.poll()
             self._notify()
-            if ping_every and time.monotonic() - last_ping >= ping_every:
-                sdnotify.notify(WATCHDOG="1")
-                last_ping = time.monotonic()
+            self._heartbeat()
             self.stop_event.wait(TICK)
+
+    def _heartbeat(self) -> None:
+        """Tell systemd's watchdog the main loop is alive (also from long reads of big ISOs)."""
+        if self._ping_every and time.monotonic() - self._last_ping >= self._ping_every:
+            sdnotify.notify(WATCHDOG="1")
+            self._last_ping = time.monotonic()
 
     def _store_unavailable(self, error: StoreUnavailable) -> None:
         """A full state dir stops all work but not the daemon: say so, wait, try again."""
@@ -220,41 +230,44 @@ class Daemon:
         self.activity["builder"] = f"building {_stem(job.iso)} (0 min, starting)"
         log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(workdir))
         self._clean_host()
+        monitor = self._monitor(job, workdir, started)
+        self._running_build = monitor
         try:
             artifact = build.run_build(
                 job_id=self._marker(job.id), template_dir=self.config.build.template_dir,
                 command=self.config.build.command, artifact_name=self.config.build.artifact,
                 iso=Path(job.iso_path), workdir=workdir, log_path=log_path,
                 timeout=self.config.build.timeout,
-                on_line=self._progress_reporter(job, started),
+                on_line=monitor.packer_line,
                 on_start=lambda pid: store.update(job.id, pgid=pid),
                 stop_event=self.stop_event)
         except BuildFailed as failure:
-            self._build_failed(store.get(job.id), failure, workdir)
+            self._running_build = None
+            self._build_failed(store.get(job.id), failure, monitor.explain(str(failure)), workdir)
         else:
             store.update(job.id, state=BUILT, stage="built", artifact=str(artifact), pgid=None,
                          error=None, next_try=0)
             log.info("build.finished", job=job.id, iso=job.iso, artifact=str(artifact),
                      minutes=round((time.monotonic() - started) / 60, 1))
         finally:
+            self._running_build = None
             self.activity.pop("builder", None)
 
-    def _progress_reporter(self, job: Job, started: float):
-        from esxi_watcher.progress import BuildProgress
+    def _monitor(self, job: Job, workdir: Path, started: float) -> BuildMonitor:
+        """Follow the build's stage; the main loop polls it so the console is read during the install."""
+        shown = {"stage": None}
 
-        progress = BuildProgress()
-        last_stage = [None]
-
-        def on_line(line: str) -> None:
-            progress.feed_packer(line)
+        def show(stage: str) -> None:
             minutes = int((time.monotonic() - started) / 60)
-            self.activity["builder"] = f"building {_stem(job.iso)} ({minutes} min, {progress.stage})"
-            if progress.stage != last_stage[0]:
-                last_stage[0] = progress.stage
-                self.store.update(job.id, stage=progress.stage)
-        return on_line
+            self.activity["builder"] = f"building {_stem(job.iso)} ({minutes} min, {stage})"
+            if stage != shown["stage"]:
+                shown["stage"] = stage
+                self.store.update(job.id, stage=stage)
 
-    def _build_failed(self, job: Job, failure: BuildFailed, workdir: Path) -> None:
+        console = workdir / self.config.build.template_dir.name / self.config.build.console_log
+        return BuildMonitor(console, on_stage=show)
+
+    def _build_failed(self, job: Job, failure: BuildFailed, reason: str, workdir: Path) -> None:
         store = self.store
         self._clean_host(dead_jobs={self._marker(job.id)})
         if self.stop_event.is_set():
@@ -262,7 +275,6 @@ class Daemon:
                          build_attempts=max(job.build_attempts - 1, 0))
             build.remove_workdir(workdir)
             return
-        reason = str(failure)
         if failure.transient and job.build_attempts <= self.config.build.retries:
             wait = 60.0 * job.build_attempts
             store.update(job.id, state=QUEUED, stage=f"retry in {int(wait)} s", error=reason, pgid=None,

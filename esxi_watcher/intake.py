@@ -12,6 +12,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import structlog
 
@@ -64,13 +65,16 @@ def precheck(status: os.stat_result, max_size: int) -> Refusal | None:
     return None
 
 
-def sha256_of(descriptor: int, stop_event: threading.Event | None = None) -> str | None:
+def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
+              heartbeat: Callable[[], None] | None = None) -> str | None:
     """Hash an open file from its start; None if asked to stop meanwhile."""
     digest = hashlib.sha256()
     offset = 0
     while True:
         if stop_event is not None and stop_event.is_set():
             return None
+        if heartbeat is not None:
+            heartbeat()
         chunk = os.pread(descriptor, _HASH_CHUNK, offset)
         if not chunk:
             return digest.hexdigest()
@@ -79,7 +83,9 @@ def sha256_of(descriptor: int, stop_event: threading.Event | None = None) -> str
 
 
 class Intake:
-    def __init__(self, drop_dir: Path, max_size: int, store: JobStore, stop_event: threading.Event):
+    def __init__(self, drop_dir: Path, max_size: int, store: JobStore, stop_event: threading.Event,
+                 heartbeat: Callable[[], None] | None = None):
+        self.heartbeat = heartbeat
         self.drop_dir = drop_dir
         self.max_size = max_size
         self.store = store
@@ -114,7 +120,7 @@ class Intake:
         if not facts.esxi:
             self._same_file(descriptor, status)
             return self._reject(path, status, f"not an ESXi installer ISO: {facts.reason}")
-        sha256 = sha256_of(descriptor, self.stop_event)
+        sha256 = sha256_of(descriptor, self.stop_event, self.heartbeat)
         if sha256 is None:
             return None
         self._same_file(descriptor, status)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
+from typing import Callable
 
 STAGES = ("starting", "iso loaded", "boot command typed", "installing", "waiting for shutdown",
           "post-processing", "compressing", "done")
@@ -175,3 +177,45 @@ def serial_tail(path: Path | str, count: int = 10, max_bytes: int = 65536) -> li
         return []
     lines = [clean_console_line(line) for line in text.splitlines()]
     return [line for line in lines if line][-count:]
+
+
+class BuildMonitor:
+    """One running build's progress, fed from the build thread (Packer lines) and polled from the
+    main loop (the serial console file, which Packer never prints while the installer runs)."""
+
+    def __init__(self, serial_log: Path, on_stage: Callable[[str], None] = lambda stage: None) -> None:
+        self.serial_log = serial_log
+        self.on_stage = on_stage
+        self.progress = BuildProgress()
+        self._serial = SerialTail(serial_log)
+        self._lock = threading.Lock()
+
+    def packer_line(self, line: str) -> None:
+        """Feed one line of Packer's output; tell on_stage where the build is."""
+        with self._lock:
+            self._read_serial()
+            self.progress.feed_packer(line)
+            stage = self.progress.stage
+        self.on_stage(stage)
+
+    def poll(self) -> None:
+        """Read what the console printed since the last call; tell on_stage where the build is."""
+        with self._lock:
+            self._read_serial()
+            stage = self.progress.stage
+        self.on_stage(stage)
+
+    def _read_serial(self) -> None:
+        for line in self._serial.read_lines():
+            self.progress.feed_serial(line)
+
+    def explain(self, reason: str) -> str:
+        """Given why the build failed, add the installer's error and the console's last lines."""
+        self.poll()
+        parts = [reason]
+        if self.progress.installer_error:
+            parts.insert(0, f"installer error: {self.progress.installer_error}")
+        console = serial_tail(self.serial_log, 10)
+        if console:
+            parts.append("serial console, last lines:\n" + "\n".join(console))
+        return "\n".join(parts)

@@ -32,7 +32,6 @@ def daemon_factory(tmp_path):
 
     yield make
     for daemon in started:
-        if daemon.alive():
-            daemon.stop(signal.SIGKILL)
+        daemon.shut_down()
 
 

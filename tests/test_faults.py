@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import drop, no_processes_of, wait_for, write_config
+from tests.harness import marker_of, drop, no_processes_of, wait_for, write_config
 from tests.isogen import make_esxi_iso
 
 NAME = "esxi/8.0.2-22380479"
@@ -41,17 +41,7 @@ def assert_registered_once(simulator, daemon, iso: Path, name: str = NAME) -> No
     iso_sha = hashlib.sha256((daemon.drop_dir / "done" / iso.name).read_bytes()).hexdigest()
     assert f"iso_sha256={iso_sha}".encode() in gzip.decompress(held)
     wait_for(lambda: not list((daemon.state_dir / "work").iterdir()), 10, "the work dir to go")
-    assert [pid for pid in no_processes_of() if _marker_of(pid).startswith(daemon.marker(0)[:9])] == []
-
-
-def _marker_of(pid: int) -> str:
-    try:
-        for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
-            if variable.startswith(b"ESXI_WATCHER_JOB="):
-                return variable.split(b"=", 1)[1].decode()
-    except OSError:
-        pass
-    return ""
+    assert [pid for pid in no_processes_of() if marker_of(pid).startswith(daemon.marker(0)[:9])] == []
 
 
 HANGING = ["packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "hang=1", "vmware-esxi.json"]

@@ -263,6 +263,7 @@ class Daemon:
             if stage != shown["stage"]:
                 shown["stage"] = stage
                 self.store.update(job.id, stage=stage)
+                log.info("job.stage", job=job.id, stage=stage)
 
         console = workdir / self.config.build.template_dir.name / self.config.build.console_log
         return BuildMonitor(console, on_stage=show)

@@ -20,7 +20,7 @@ import structlog
 from esxi_watcher import build, host, maas, outcomes, sdnotify
 from esxi_watcher.config import Config
 from esxi_watcher.errors import (BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable,
-                                 StoreUnavailable)
+                                 MissingApiKey, StoreUnavailable)
 from esxi_watcher.intake import Intake
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
@@ -36,6 +36,7 @@ TICK = 0.5
 NO_KEY_RECHECK = 30.0
 KVM_RECHECK = 600.0
 STORE_RECHECK = 10.0
+SETUP_RECHECK = 15.0
 
 
 class Daemon:
@@ -49,6 +50,7 @@ class Daemon:
         # Marks our build processes (ESXI_WATCHER_JOB=<instance>-<job>), unique per state dir, so
         # that crash recovery only ever touches builds of this daemon.
         self._running_build: BuildMonitor | None = None
+        self.setup_problems: list[str] = []
         self._ping_every = sdnotify.watchdog_interval()
         self._last_ping = 0.0
         self.instance = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
@@ -68,6 +70,7 @@ class Daemon:
         watcher.rescan_if_requested()
         self._start_worker("builder", self._builder_loop)
         self._start_worker("registrar", self._registrar_loop)
+        self.setup_problems = self._setup_problems()
         self._notify(ready=True)
         log.info("daemon.ready", drop_dir=str(self.config.drop_dir), state_dir=str(self.config.state_dir))
         try:
@@ -116,7 +119,11 @@ class Daemon:
         intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event,
                         heartbeat=self._heartbeat)
         next_rescan = time.monotonic() + self.config.watch.rescan_interval
+        next_setup_check = 0.0
         while not self.stop_event.is_set():
+            if time.monotonic() >= next_setup_check:
+                self.setup_problems = self._setup_problems()
+                next_setup_check = time.monotonic() + SETUP_RECHECK
             watcher.ensure_watching()
             if time.monotonic() >= next_rescan:
                 watcher.request_rescan("periodic reconcile")
@@ -140,6 +147,20 @@ class Daemon:
             self._heartbeat()
             self.stop_event.wait(TICK)
 
+    def _setup_problems(self) -> list[str]:
+        """What the admin still has to set up, for the status line (the daemon runs meanwhile)."""
+        where = self.config_path or "/etc/esxi-watcher/config.yaml"
+        problems = []
+        if not self.config.build.template_dir.is_dir():
+            problems.append(f"no packer-maas template at {self.config.build.template_dir}: see {where}")
+        try:
+            maas.read_api_key(self.config.maas.api_key_file)
+        except MissingApiKey:
+            problems.append(f"no MAAS API key: see {where}")
+        except EsxiWatcherError as error:
+            problems.append(str(error))
+        return problems
+
     def _heartbeat(self) -> None:
         """Tell systemd's watchdog the main loop is alive (also from long reads of big ISOs)."""
         if self._ping_every and time.monotonic() - self._last_ping >= self._ping_every:
@@ -160,7 +181,7 @@ class Daemon:
         if self.store.write_error:
             activity["store"] = (f"cannot write the job store ({self.store.write_error}): "
                                  f"free space in {self.config.state_dir}")
-        fields = {"STATUS": status_line(counts, activity)}
+        fields = {"STATUS": status_line(counts, activity, self.setup_problems)}
         if ready:
             fields["READY"] = "1"
         sdnotify.notify(**fields)

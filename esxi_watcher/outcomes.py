@@ -39,7 +39,7 @@ def move_to_outcome(drop_dir: Path, path: Path, outcome: str, job_id: int, reaso
     Return its new path. Write <name>.reason.txt beside it when a reason is given.
     """
     folder = drop_dir / outcome
-    folder.mkdir(mode=0o2775, exist_ok=True)
+    folder.mkdir(mode=0o775, exist_ok=True)  # a setgid drop dir passes its group and setgid on
     target = _free_name(folder, path.name, job_id)
     os.rename(path, target)
     if reason:

@@ -8,17 +8,19 @@ from typing import Iterable
 from esxi_watcher.store import ACTIVE_STATES, Job
 
 
-def status_line(counts: dict[str, int], activity: dict[str, str]) -> str:
-    """Given job counts by state and what the workers do now, return systemd's STATUS= text."""
-    doing = [activity[worker] for worker in ("store", "builder", "registrar") if activity.get(worker)]
-    if doing:
-        return "; ".join(doing)
-    idle = f"idle: {counts.get('registered', 0)} registered, {counts.get('queued', 0)} queued"
-    if counts.get("built"):
-        idle += f", {counts['built']} waiting for MAAS"
-    if counts.get("failed"):
-        idle += f", {counts['failed']} failed"
-    return idle
+def status_line(counts: dict[str, int], activity: dict[str, str], problems: list[str] = ()) -> str:
+    """Given job counts by state, what the workers do now and what the admin must still set up,
+    return systemd's STATUS= text."""
+    parts = [activity[worker] for worker in ("store", "builder", "registrar") if activity.get(worker)]
+    if not parts:
+        idle = f"idle: {counts.get('registered', 0)} registered, {counts.get('queued', 0)} queued"
+        if counts.get("built"):
+            idle += f", {counts['built']} waiting for MAAS"
+        if counts.get("failed"):
+            idle += f", {counts['failed']} failed"
+        parts.append(idle)
+    parts += [problem for problem in problems if problem not in parts]
+    return "; ".join(parts)
 
 
 def job_rows(jobs: Iterable[Job]) -> list[dict]:

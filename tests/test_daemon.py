@@ -138,3 +138,13 @@ def test_runs_without_api_key_and_registers_once_it_appears(tmp_path, simulator,
     daemon.wait_for_state(dropped.name, "registered", timeout=60)
     assert job["id"] == daemon.job_for(dropped.name)["id"]
     assert key.strip() not in daemon.log_path.read_text()
+
+
+def test_status_tells_the_admin_what_to_set_up(tmp_path, simulator, daemon_factory):
+    config = write_config(tmp_path / "site", simulator, build__template_dir=str(tmp_path / "no-checkout"))
+    (tmp_path / "site" / "maas-api-key").unlink()
+    daemon = daemon_factory(config)
+    wait_for(lambda: any(line == "READY=1" for line in daemon.notifications), 20, "READY=1")
+    status = wait_for(lambda: daemon.statuses(), 10, "a status")[-1]
+    assert status == (f"idle: 0 registered, 0 queued; no packer-maas template at {tmp_path / 'no-checkout'}: "
+                      f"see {config}; no MAAS API key: see {config}")

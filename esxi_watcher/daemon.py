@@ -174,14 +174,14 @@ class Daemon:
 
     def _notify(self, ready: bool = False) -> None:
         try:
-            counts = self.store.counts()
+            counts, newest = self.store.counts(), self.store.newest_resource()
         except StoreUnavailable:
-            counts = {}
+            counts, newest = {}, None
         activity = dict(self.activity)
         if self.store.write_error:
             activity["store"] = (f"cannot write the job store ({self.store.write_error}): "
                                  f"free space in {self.config.state_dir}")
-        fields = {"STATUS": status_line(counts, activity, self.setup_problems)}
+        fields = {"STATUS": status_line(counts, activity, self.setup_problems, newest)}
         if ready:
             fields["READY"] = "1"
         sdnotify.notify(**fields)

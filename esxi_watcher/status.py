@@ -8,12 +8,14 @@ from typing import Iterable
 from esxi_watcher.store import ACTIVE_STATES, Job
 
 
-def status_line(counts: dict[str, int], activity: dict[str, str], problems: list[str] = ()) -> str:
-    """Given job counts by state, what the workers do now and what the admin must still set up,
-    return systemd's STATUS= text."""
+def status_line(counts: dict[str, int], activity: dict[str, str], problems: list[str] = (),
+                newest: str | None = None) -> str:
+    """Given job counts by state, what the workers do now, what the admin must still set up and the
+    newest registered resource, return systemd's STATUS= text."""
     parts = [activity[worker] for worker in ("store", "builder", "registrar") if activity.get(worker)]
     if not parts:
-        idle = f"idle: {counts.get('registered', 0)} registered, {counts.get('queued', 0)} queued"
+        registered = f"{counts.get('registered', 0)} registered" + (f" (newest {newest})" if newest else "")
+        idle = f"idle: {registered}, {counts.get('queued', 0)} queued"
         if counts.get("built"):
             idle += f", {counts['built']} waiting for MAAS"
         if counts.get("failed"):

@@ -196,6 +196,12 @@ class JobStore:
         """Map the file identity of every ISO a job still holds at its dropped place to its job."""
         return {job.file_identity: job for job in self.jobs(ACTIVE_STATES) if job.file_identity}
 
+    def newest_resource(self) -> str | None:
+        """The MAAS name of the most recently registered image, if any."""
+        row = self._execute("SELECT resource FROM jobs WHERE state = 'registered' "
+                            "ORDER BY updated DESC LIMIT 1").fetchone()
+        return row["resource"] if row else None
+
     def counts(self) -> dict[str, int]:
         rows = self._execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
         return {row["state"]: row["n"] for row in rows}

@@ -96,6 +96,7 @@ class _OverflowAlarm(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if "overflow" in record.getMessage().lower():
+            log.warning("watch.events_lost", reason=record.getMessage())
             self.watcher.request_rescan("inotify queue overflow")
 
 
@@ -111,6 +112,7 @@ class DropWatcher:
         self._observer: Observer | None = None
         self._watched_identity: tuple[int, int] | None = None
         self._rescan_reason: str | None = "start-up"
+        self.rescans: dict[str, int] = {}  # how many full scans, by reason
         self._overflow_alarm = _OverflowAlarm(self)
 
     def start(self) -> None:
@@ -172,6 +174,7 @@ class DropWatcher:
         with self._lock:
             reason, self._rescan_reason = self._rescan_reason, None
         if reason:
+            self.rescans[reason] = self.rescans.get(reason, 0) + 1
             self.scan(reason)
 
     def scan(self, reason: str) -> int:

@@ -138,3 +138,26 @@ def test_drop_dir_removed_and_recreated_is_watched_again(watcher, tmp_path):
     (watcher.drop_dir / "after.iso").write_bytes(b"a" * 10)
     found = collect(watcher, 2.5)
     assert [path.name for _, path in found] == ["after.iso"]
+
+
+def test_inotify_queue_overflow_is_healed_by_a_full_rescan(tmp_path):
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    saved = limit.read_text()
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    limit.write_text("16\n")  # read when the inotify instance is made: only this watcher gets it
+    try:
+        watching = DropWatcher(drop, settle=SETTLE)
+        watching.start()
+    finally:
+        limit.write_text(saved)
+    try:
+        watching.rescan_if_requested()
+        names = {f"flood-{number}.iso" for number in range(400)}
+        for name in names:
+            (drop / name).write_bytes(b"x")
+        found = collect(watching, 4)
+    finally:
+        watching.stop()
+    assert {path.name for _, path in found} == names
+    assert watching.rescans.get("inotify queue overflow", 0) >= 1

@@ -160,7 +160,7 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
                          timeout=60)
         output = container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
                                 "systemctl status esxi-watcher (after registration)")
-        assert "1 registered" in output and after
+        assert f"1 registered (newest {RESOURCE})" in output and after
         jobs = container.show(["esxi-watcher", "status"], "esxi-watcher status")
         assert RESOURCE in jobs
         assert container.path(f"/var/lib/esxi-drop/done/{ISO_NAME}").is_file()

@@ -21,7 +21,7 @@ from esxi_watcher import build, host, maas, outcomes, sdnotify
 from esxi_watcher.config import Config
 from esxi_watcher.errors import (BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable,
                                  MissingApiKey, StoreUnavailable)
-from esxi_watcher.intake import Intake
+from esxi_watcher.intake import Intake, still_in_place
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import resource_name, resource_title
@@ -233,7 +233,7 @@ class Daemon:
 
     def build_job(self, job: Job) -> None:
         store = self.store
-        if not _file_unchanged(job):
+        if not still_in_place(job):
             reason = "the ISO was removed or replaced in the drop dir before it was built"
             store.update(job.id, state=FAILED, failed_stage="build", error=reason)
             log.warning("build.iso_gone", job=job.id, iso=job.iso)
@@ -440,15 +440,6 @@ class Daemon:
         self.store.update(job.id, state=FAILED, failed_stage=stage, error=reason, pgid=None, stage=None)
         log.error("job.failed", job=job.id, iso=job.iso, stage=stage, reason=reason)
         self._finish_move(self.store.get(job.id))
-
-
-def _file_unchanged(job: Job) -> bool:
-    from esxi_watcher.watch import file_identity
-
-    try:
-        return file_identity(os.lstat(job.iso_path)) == job.file_identity
-    except OSError:
-        return False
 
 
 def _sha256_file(path: str) -> str:

@@ -143,7 +143,7 @@ class Intake:
         return job
 
     def _same_content(self, path: Path, values: dict, existing: Job) -> Job:
-        if existing.state == QUEUED and not _still_there(existing):
+        if existing.state == QUEUED and not still_in_place(existing):
             # The queued file was renamed or copied over: the job follows its content.
             log.info("job.file_moved", job=existing.id, iso=path.name, was=existing.iso)
             return self.store.update(existing.id, iso=values["iso"], iso_path=values["iso_path"],
@@ -163,7 +163,8 @@ class Intake:
         return self.store.update(job.id, iso_path=str(moved))
 
 
-def _still_there(job: Job) -> bool:
+def still_in_place(job: Job) -> bool:
+    """Whether the file a job took in is still where it was, unchanged."""
     try:
         return file_identity(os.lstat(job.iso_path)) == job.file_identity
     except OSError:

@@ -113,6 +113,7 @@ class DropWatcher:
         self._watched_identity: tuple[int, int] | None = None
         self._rescan_reason: str | None = "start-up"
         self.rescans: dict[str, int] = {}  # how many full scans, by reason
+        self._entries_changed: int | None = None  # the drop dir's mtime at the last check
         self._overflow_alarm = _OverflowAlarm(self)
 
     def start(self) -> None:
@@ -135,6 +136,7 @@ class DropWatcher:
         observer.start()
         self._observer = observer
         self._watched_identity = (status.st_dev, status.st_ino)
+        self._entries_changed = status.st_mtime_ns
         log.info("watch.started", drop_dir=str(self.drop_dir))
 
     def _stop_observer(self) -> None:
@@ -152,12 +154,18 @@ class DropWatcher:
         self._observer = None
 
     def ensure_watching(self) -> None:
-        """Re-arm inotify if the drop dir was removed and recreated (or appeared late)."""
+        """Re-arm inotify if the drop dir was removed and recreated (or appeared late), and rescan
+        when its entries changed: that heals events inotify lost (a queue overflow, which watchdog
+        before 7 drops silently) at the cost of a stat per call."""
         try:
             status = os.stat(self.drop_dir)
             identity = (status.st_dev, status.st_ino)
         except OSError:
-            identity = None
+            status, identity = None, None
+        if status is not None and status.st_mtime_ns != self._entries_changed:
+            if self._entries_changed is not None:
+                self.request_rescan("drop dir entries changed")
+            self._entries_changed = status.st_mtime_ns
         alive = self._observer is not None and self._observer.is_alive()
         if identity == self._watched_identity and (alive or identity is None):
             return

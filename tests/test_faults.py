@@ -89,7 +89,9 @@ def test_kill9_leaves_a_stubborn_build_that_the_restart_ends(tmp_path, simulator
     iso = drop(_iso(tmp_path, "stubborn"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "building")
     marker = daemon.marker(job["id"])
-    wait_for(lambda: no_processes_of(marker), 30, "the build to start")
+    build_log = daemon.state_dir / "logs" / f"{job['id']}.log"
+    wait_for(lambda: build_log.exists() and "\ninstalling /" in build_log.read_text(), 30,
+             "the build to print its first line")  # later it never writes, so never meets EPIPE
     daemon.stop(signal.SIGKILL)
     time.sleep(1)
     orphans = no_processes_of(marker)

@@ -21,7 +21,7 @@ from esxi_watcher import build, host, maas, outcomes, sdnotify
 from esxi_watcher.config import Config
 from esxi_watcher.errors import (BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable,
                                  MissingApiKey, StoreUnavailable)
-from esxi_watcher.intake import Intake, still_in_place
+from esxi_watcher.intake import Intake, sha256_of, still_in_place
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import resource_name, resource_title
@@ -68,8 +68,8 @@ class Daemon:
         watcher = DropWatcher(self.config.drop_dir, self.config.watch.settle)
         watcher.start()
         watcher.rescan_if_requested()
-        self._start_worker("builder", self._builder_loop)
-        self._start_worker("registrar", self._registrar_loop)
+        self._start_worker("builder", lambda: self._take_next(QUEUED, self.build_job))
+        self._start_worker("registrar", lambda: self._take_next(BUILT, self.register_job))
         self.setup_problems = self._setup_problems()
         self._notify(ready=True)
         log.info("daemon.ready", drop_dir=str(self.config.drop_dir), state_dir=str(self.config.state_dir))
@@ -224,12 +224,13 @@ class Daemon:
 
     # ----- building ---------------------------------------------------------------------------
 
-    def _builder_loop(self) -> None:
-        job = self.store.next_due(QUEUED)
+    def _take_next(self, state: str, handle) -> None:
+        """One turn of a worker: handle the next due job in this state, or wait a second."""
+        job = self.store.next_due(state)
         if job is None:
             self.stop_event.wait(1)
             return
-        self.build_job(job)
+        handle(job)
 
     def build_job(self, job: Job) -> None:
         store = self.store
@@ -315,13 +316,6 @@ class Daemon:
         return None if verdict.ok else verdict.reason
 
     # ----- registering ------------------------------------------------------------------------
-
-    def _registrar_loop(self) -> None:
-        job = self.store.next_due(BUILT)
-        if job is None:
-            self.stop_event.wait(1)
-            return
-        self.register_job(job)
 
     def register_job(self, job: Job) -> None:
         store = self.store
@@ -443,13 +437,11 @@ class Daemon:
 
 
 def _sha256_file(path: str) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as artifact:
-        for chunk in iter(lambda: artifact.read(4 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sha256_of(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _stem(name: str) -> str:

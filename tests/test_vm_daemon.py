@@ -46,10 +46,10 @@ def test_hanging_installer_fails_at_the_timeout_with_the_console_and_leaves_noth
         tmp_path, simulator, daemon_factory):
     mounts_before = set(fuse_mounts())
     iso = build_installer_iso(tmp_path / "hang.iso", variant="hang")
-    daemon = daemon_factory(_site(tmp_path, simulator, build__timeout="25s"))
+    daemon = daemon_factory(_site(tmp_path, simulator, build__timeout="40s"))
     drop(iso, daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed", timeout=120)
-    assert "timed out after 25s" in job["error"]
+    assert "timed out after 40s" in job["error"]
     assert "serial console, last lines:" in job["error"] and "installer: writing disk" in job["error"]
     assert (daemon.drop_dir / "failed" / iso.name).exists()
     _nothing_left(daemon, job["id"], mounts_before)
@@ -58,7 +58,7 @@ def test_hanging_installer_fails_at_the_timeout_with_the_console_and_leaves_noth
 
 def test_installer_error_is_the_first_thing_the_reason_says(tmp_path, simulator, daemon_factory):
     iso = build_installer_iso(tmp_path / "error.iso", variant="error")
-    daemon = daemon_factory(_site(tmp_path, simulator, build__timeout="25s"))
+    daemon = daemon_factory(_site(tmp_path, simulator, build__timeout="40s"))
     drop(iso, daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed", timeout=120)
     assert job["error"].startswith("installer error: An error has occurred")

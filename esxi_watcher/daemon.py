@@ -241,8 +241,8 @@ class Daemon:
             return
         waiting = self._kvm_problem()
         if waiting:
-            store.update(job.id, stage="waiting for KVM", error=waiting, next_try=time.time() + KVM_RECHECK)
             self.activity["builder"] = f"waiting: {waiting}"
+            store.update(job.id, stage="waiting for KVM", error=waiting, next_try=time.time() + KVM_RECHECK)
             return
         workdir = self._workdir(job.id)
         log_path = self.config.logs_dir / f"{job.id}.log"
@@ -379,11 +379,10 @@ class Daemon:
             self._fail(job, "register", f"MAAS unavailable after {job.register_attempts} attempts: {reason}")
             return
         wait = min(settings.retry_max_wait, 30.0 * 2 ** (job.register_attempts - 1))
-        store = self.store
-        store.update(job.id, state=BUILT, stage=f"waiting for MAAS: {reason}", error=reason,
-                     next_try=time.time() + wait)
-        log.warning("register.retry_later", job=job.id, resource=job.resource, reason=reason, wait=wait)
         self.activity["registrar"] = f"waiting for MAAS: {reason}, retry in {_for_humans(wait)}"
+        self.store.update(job.id, state=BUILT, stage=f"waiting for MAAS: {reason}", error=reason,
+                          next_try=time.time() + wait)
+        log.warning("register.retry_later", job=job.id, resource=job.resource, reason=reason, wait=wait)
 
     def _registered(self, job: Job, registration, api_key: str) -> None:
         store = self.store

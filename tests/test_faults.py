@@ -145,7 +145,8 @@ def test_maas_down_the_job_waits_and_completes_when_it_is_back(tmp_path, simulat
              60, "the job to say it waits for MAAS")
     job = daemon.job_for(iso.name)
     assert job["state"] == "built" and "connection refused" in job["error"].lower()
-    assert any("waiting for MAAS" in status for status in daemon.statuses())
+    wait_for(lambda: any("waiting for MAAS" in status for status in daemon.statuses()),
+             10, "the status line to say it waits for MAAS")
     status = daemon.cli("status")
     assert "waiting for MAAS" in status.stdout
     simulator.start()

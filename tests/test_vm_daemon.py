@@ -92,5 +92,7 @@ def test_kvm_template_waits_with_a_reason_instead_of_hanging(tmp_path, simulator
              60, "the job to say KVM cannot run guests")
     job = daemon.job_for(iso.name)
     assert job["state"] == "queued" and job["stage"] == "waiting for KVM"
-    assert any("KVM cannot run guests" in status for status in daemon.statuses())
+    # STATUS= is sent once per main-loop tick, so it may follow the store by a moment.
+    wait_for(lambda: any("KVM cannot run guests" in status for status in daemon.statuses()),
+             10, "the status line to say KVM cannot run guests")
     assert no_processes_of(daemon.marker(job["id"])) == []  # no build was started

@@ -58,7 +58,7 @@ def test_kvm_cannot_run_guests_here_and_the_verdict_is_cached(tmp_path):
     assert entry["key"]["kernel"] == os.uname().release and entry["key"]["dev_kvm"] is True
     started = time.monotonic()
     assert kvm.kvm_can_run_guests(cache_dir=tmp_path, timeout=10) == verdict
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # from the cache: a probe would take the full 10 s
 
 
 def _cache_entry(path: Path, key: dict, checked_at: float) -> None:

@@ -777,7 +777,7 @@ def test_refused_connections_then_the_same_port_again(maas):
 
 
 def test_delay_makes_a_client_time_out(maas):
-    maas.inject("delay", seconds=1.5, path="/version/")
+    maas.inject("delay", seconds=6, path="/version/")
 
     async def scenario():
         timeout = aiohttp.ClientTimeout(total=0.5)
@@ -788,7 +788,7 @@ def test_delay_makes_a_client_time_out(maas):
                     await answer.read()
             return time.monotonic() - started
 
-    assert run(scenario()) < 1.4
+    assert run(scenario()) < 5  # the client gave up long before the 6 s answer
 
 
 def test_no_space_fault(maas):

@@ -105,7 +105,7 @@ def test_file_removed_while_queued(tmp_path, simulator, daemon_factory):
     # The first build hangs until its timeout, so the second ISO waits in the queue meanwhile.
     hanging = ["packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "hang=1", "vmware-esxi.json"]
     daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__command=hanging,
-                                         build__timeout="6s"))
+                                         build__timeout="15s"))
     drop(_esxi(tmp_path, "first"), daemon.drop_dir, "first.iso")
     daemon.wait_for_state("first.iso", "building")
     second = drop(_esxi(tmp_path, "second"), daemon.drop_dir, "second.iso")

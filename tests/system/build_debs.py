@@ -62,8 +62,8 @@ def install_host_packages() -> None:
                                  text=True).stdout != "install ok installed"]
     if not missing:
         return
-    run(["apt-get", "update", "-qq"])
-    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+    run(["apt-get", "-o", "Acquire::Retries=5", "update", "-qq"])
+    run(["apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends", *missing],
         env=system_env(DEBIAN_FRONTEND="noninteractive"))
 
 

@@ -148,8 +148,8 @@ def install_in_root(root: Path, packages: list[str]) -> None:
     try:
         nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", str(root),
                   "--setenv=DEBIAN_FRONTEND=noninteractive"]
-        run_logged([*nspawn, "apt-get", "update", "-qq"], timeout=300)
-        run_logged([*nspawn, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "update", "-qq"], timeout=300)
+        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends",
                     *packages], timeout=1200)
         run_logged([*nspawn, "apt-get", "clean"], timeout=60)
     finally:

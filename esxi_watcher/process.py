@@ -31,6 +31,9 @@ POLL_INTERVAL = 0.1
 # A process stuck in uninterruptible sleep (D state, e.g. on a dead NBD device) survives SIGKILL
 # until the kernel lets go; past this long we stop waiting and report it instead of hanging.
 SIGKILL_WAIT = 30.0
+# When the daemon stops, systemd and the admin wait: a build that ignores SIGTERM this long is killed
+# (its job goes back to the queue either way).
+STOP_GRACE = 4.0
 _READ_SIZE = 65536
 
 
@@ -288,6 +291,7 @@ class _Supervision:
                 self._terminate(now, "process.timed_out")
             elif not exited and self.stop_event is not None and self.stop_event.is_set():
                 self.stopped = True
+                self.kill_grace = min(self.kill_grace, STOP_GRACE)
                 self._terminate(now, "process.stopping")
             elif exited:
                 members = group_members(self.pgid)

@@ -20,6 +20,7 @@ from typing import Callable
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+FINAL_STATES = {"registered", "duplicate", "failed", "rejected"}
 FILE_TEMPLATE = ROOT / "tests" / "templates" / "file-builder" / "vmware-esxi"
 
 
@@ -155,16 +156,24 @@ class DaemonProcess:
         return next((job for job in self.jobs() if job["iso"] == iso_name), None)
 
     def wait_for_state(self, iso_name: str, states: set[str] | str, timeout: float = 60) -> dict:
+        """Wait until the job of that ISO is in one of these states; a final state counts once the
+        daemon has also moved the ISO out of the drop dir (it records the state first)."""
         wanted = {states} if isinstance(states, str) else states
 
         def reached():
             job = self.job_for(iso_name)
-            return job if job and job["state"] in wanted else None
+            if not job or job["state"] not in wanted:
+                return None
+            return job if job["state"] not in FINAL_STATES or self._moved_out(job) else None
         try:
             return wait_for(reached, timeout, f"{iso_name} to reach {sorted(wanted)}")
         except AssertionError:
             raise AssertionError(f"{iso_name}: {self.job_for(iso_name)}\n--- daemon log tail ---\n"
                                  + self.log_tail()) from None
+
+    def _moved_out(self, job: dict) -> bool:
+        path = Path(job["iso_path"])
+        return path.parent != self.drop_dir or not os.path.lexists(path)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -46,7 +46,7 @@ def test_dropped_iso_becomes_a_verified_boot_resource(tmp_path, simulator, daemo
     done = daemon.drop_dir / "done" / dropped.name
     assert done.read_bytes() == esxi_iso.read_bytes()
     assert not dropped.exists()
-    assert list((daemon.state_dir / "work").iterdir()) == []  # work dir removed once registered
+    wait_for(lambda: list((daemon.state_dir / "work").iterdir()) == [], 10, "the work dir to go once registered")
     registered = [e for e in daemon.log_events() if e.get("event") == "register.done"]
     assert registered and registered[0]["sha256"] == image["sha256"]
 
@@ -135,7 +135,7 @@ def test_runs_without_api_key_and_registers_once_it_appears(tmp_path, simulator,
              "the job to say it waits for the key")
     key_file.write_text(key)
     os.chmod(key_file, 0o600)
-    daemon.wait_for_state(dropped.name, "registered", timeout=60)
+    daemon.wait_for_state(dropped.name, "registered", timeout=120)  # the key is looked for every 30 s
     assert job["id"] == daemon.job_for(dropped.name)["id"]
     assert key.strip() not in daemon.log_path.read_text()
 

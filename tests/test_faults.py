@@ -141,14 +141,16 @@ def test_maas_down_the_job_waits_and_completes_when_it_is_back(tmp_path, simulat
     simulator.stop()
     daemon = daemon_factory(write_config(tmp_path / "site", simulator, maas__retries=50))
     iso = drop(_iso(tmp_path, "down"), daemon.drop_dir)
-    wait_for(lambda: "waiting for MAAS" in ((daemon.job_for(iso.name) or {}).get("stage") or ""),
-             60, "the job to say it waits for MAAS")
-    job = daemon.job_for(iso.name)
+    # Between its tries the job waits in `built`; while it tries again it is `uploading`.
+    def waiting_job():
+        job = daemon.job_for(iso.name) or {}
+        return job if "waiting for MAAS" in (job.get("stage") or "") else None
+
+    job = wait_for(waiting_job, 60, "the job to say it waits for MAAS")
     assert job["state"] == "built" and "connection refused" in job["error"].lower()
     wait_for(lambda: any("waiting for MAAS" in status for status in daemon.statuses()),
              10, "the status line to say it waits for MAAS")
-    status = daemon.cli("status")
-    assert "waiting for MAAS" in status.stdout
+    wait_for(lambda: "waiting for MAAS" in daemon.cli("status").stdout, 60, "`status` to say it waits for MAAS")
     simulator.start()
     assert_registered_once(simulator, daemon, iso)
 

@@ -120,7 +120,7 @@ def test_file_removed_while_queued(tmp_path, simulator, daemon_factory):
 
 def test_file_replaced_while_queued_is_taken_as_new(tmp_path, simulator, daemon_factory):
     hanging = ["packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "hang=1", "vmware-esxi.json"]
-    config = write_config(tmp_path / "site", simulator, build__command=hanging, build__timeout="6s")
+    config = write_config(tmp_path / "site", simulator, build__command=hanging, build__timeout="60s")
     daemon = daemon_factory(config)
     drop(_esxi(tmp_path, "first"), daemon.drop_dir, "first.iso")
     daemon.wait_for_state("first.iso", "building")
@@ -162,7 +162,7 @@ def test_full_state_disk_waits_with_a_reason_and_recovers(tmp_path, simulator, d
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
         dropped = drop(_esxi(tmp_path, "full"), daemon.drop_dir, "full.iso")
         wait_for(lambda: any("cannot write the job store" in s and "free space in" in s
-                             for s in daemon.statuses()), 30, "the status to name the full state dir")
+                             for s in daemon.statuses()), 60, "the status to name the full state dir")
         assert dropped.exists() and daemon.alive()
         filler.unlink()
         assert _final(daemon, dropped.name)["state"] == "registered"

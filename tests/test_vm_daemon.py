@@ -53,7 +53,7 @@ def test_hanging_installer_fails_at_the_timeout_with_the_console_and_leaves_noth
     assert "serial console, last lines:" in job["error"] and "installer: writing disk" in job["error"]
     assert (daemon.drop_dir / "failed" / iso.name).exists()
     _nothing_left(daemon, job["id"], mounts_before)
-    assert list((daemon.state_dir / "work").iterdir()) == []
+    wait_for(lambda: list((daemon.state_dir / "work").iterdir()) == [], 20, "the work dir to go")
 
 
 def test_installer_error_is_the_first_thing_the_reason_says(tmp_path, simulator, daemon_factory):

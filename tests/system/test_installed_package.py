@@ -29,7 +29,7 @@ RESOURCE = "esxi/8.0.2-22380479"
 ISO_NAME = "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso"
 TEMPLATE_INSIDE = "/opt/packer-maas-test"
 BUDGET_SECONDS = 15 * 60
-WATCHDOG_SECONDS = 4
+WATCHDOG_SECONDS = 8  # pings every 4 s; a short period, but not one a slow disk write misses
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,9 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
         container.show(["systemctl", "status", "--no-pager", "-l", "esxi-watcher"],
                        "systemctl status esxi-watcher (idle, configured)")
 
-        # Drop an ISO (written beside the drop dir, copied in like `cp` does).
+        # Drop an ISO (written beside the drop dir, copied in like `cp` does). The upload is slowed
+        # down so that the busy status lasts longer than a few status ticks.
+        simulator.inject("delay", seconds=3, method="PUT", path="/upload/")
         iso = make_esxi_iso(tmp_path / ISO_NAME, "8.0U2", 22380479)
         shutil.copy(iso, container.path(f"/var/lib/esxi-drop/{ISO_NAME}"))
 

@@ -230,7 +230,24 @@ class Daemon:
         if job is None:
             self.stop_event.wait(1)
             return
-        handle(job)
+        try:
+            handle(job)
+        except StoreUnavailable:
+            raise
+        except Exception as error:
+            self._internal_error(job, "build" if state == QUEUED else "register", error)
+
+    def _internal_error(self, job: Job, stage: str, error: Exception) -> None:
+        """An error nobody planned for fails its job with a reason, instead of leaving it half-done
+        (building or uploading) until the next restart; the worker goes on with the next job."""
+        log.exception("job.internal_error", job=job.id, stage=stage)
+        doing = "building" if stage == "build" else "registering"
+        reason = redact(f"unexpected error while {doing}: {type(error).__name__}: {error} (the traceback is "
+                        f"in `journalctl -u esxi-watcher`; `esxi-watcher retry {job.id}` tries again)")
+        if stage == "build":
+            self._clean_host(dead_jobs={self._marker(job.id)})
+            build.remove_workdir(self._workdir(job.id))
+        self._fail(self.store.get(job.id), stage, reason)
 
     def build_job(self, job: Job) -> None:
         store = self.store

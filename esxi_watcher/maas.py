@@ -16,6 +16,7 @@ in docs/design/MAAS_API.md; the ones that shape this module:
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import stat
 from dataclasses import dataclass
@@ -299,10 +300,15 @@ class _Client:
             raise _Transient(_masked(_reason(error, timeout), secrets)) from None
         return cls(session, profile.url, credentials, timeout, secrets)
 
-    async def call(self, action: Callable[..., Any], doing: str, *, missing_ok: bool = False, **params: Any) -> Any:
-        """Call one bones action with a timeout; return its data (None for a 404 when missing_ok)."""
+    async def call(self, action: Callable[..., Any], doing: str, *, missing_ok: bool = False,
+                   expect: type | None = None, **params: Any) -> Any:
+        """Call one bones action with a timeout; return its data (None for a 404 when missing_ok).
+
+        With `expect` (list or dict), an answer of another shape (a proxy's login page, a web server
+        that is not MAAS, each with HTTP 200) is a transient failure that names what came back.
+        """
         try:
-            return await asyncio.wait_for(action(**params), self.timeout)
+            answer = await asyncio.wait_for(action(**params), self.timeout)
         except CallError as error:
             if missing_ok and error.status == 404:
                 return None
@@ -310,6 +316,10 @@ class _Client:
             raise _refused(error.status, body, doing) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             raise _Transient(_masked(_reason(error, self.timeout), self.secrets)) from None
+        if expect is not None and not _shaped(answer, expect):
+            raise _Transient(_masked(f"the answer to {doing} is not MAAS's JSON ({_preview(answer)}): is "
+                                     f"maas.url the MAAS region API (http://HOST:5240/MAAS/)?", self.secrets))
+        return answer
 
     async def version(self) -> str:
         answer = await self.call(self.session.Version.read, "reading its version")
@@ -319,7 +329,7 @@ class _Client:
 
     async def resources(self) -> list[dict[str, Any]]:
         """Return every boot resource that may hold uploaded bytes, read with its sets."""
-        listing = await self.call(self.session.BootResources.read, "listing boot resources")
+        listing = await self.call(self.session.BootResources.read, "listing boot resources", expect=list)
         resources = []
         for summary in listing:
             if str(summary.get("type", "")).lower() == "synced":
@@ -331,11 +341,11 @@ class _Client:
 
     async def read(self, resource_id: int) -> dict[str, Any] | None:
         return await self.call(self.session.BootResource.read, f"reading boot resource {resource_id}",
-                               missing_ok=True, id=resource_id)
+                               missing_ok=True, expect=dict, id=resource_id)
 
     async def create(self, **fields: str) -> dict[str, Any]:
         return await self.call(self.session.BootResources.create, f"creating boot resource {fields['name']}",
-                               **fields)
+                               expect=dict, **fields)
 
     async def delete(self, resource_id: int) -> None:
         await self.call(self.session.BootResource.delete, f"deleting boot resource {resource_id}",
@@ -361,6 +371,24 @@ class _Client:
                     raise _refused(response.status, _masked(body, self.secrets), "a chunk of the upload")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
             raise _Transient(_masked(_reason(error, self.timeout), self.secrets)) from None
+
+
+def _shaped(answer: Any, expect: type) -> bool:
+    """Whether a JSON answer has the shape MAAS gives: the container, and objects inside a list."""
+    if answer is None:
+        return True  # a 404 the caller allowed
+    if not isinstance(answer, expect):
+        return False
+    return expect is not list or all(isinstance(item, dict) for item in answer)
+
+
+def _preview(answer: Any) -> str:
+    if isinstance(answer, (bytes, bytearray)):
+        text = answer.decode("utf-8", "replace")
+    else:
+        text = json.dumps(answer, default=str)
+    text = " ".join(text.split())
+    return f"{type(answer).__name__}: {text[:80]!r}" if text else f"an empty {type(answer).__name__}"
 
 
 def _describe_failed(message: str, url: str) -> Exception:
@@ -645,7 +673,7 @@ async def notify_admins(*, url: str, api_key: str, message: str, category: str, 
         client = await _Client.connect(url, api_key, request_timeout)
         single = getattr(client.session, "Notification", None)  # absent from some API descriptions
         if single is not None:
-            for notification in await client.call(client.session.Notifications.read, "listing notifications") or []:
+            for notification in await client.call(client.session.Notifications.read, "listing notifications", expect=list) or []:
                 if notification.get("ident") == ident:
                     await client.call(single.delete, "deleting a notification", missing_ok=True,
                                       id=notification["id"])

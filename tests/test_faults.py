@@ -197,6 +197,34 @@ def test_rejected_key_fails_at_once_and_retry_works_after_the_fix(tmp_path, simu
     assert_registered_once(simulator, daemon, iso)
 
 
+def test_an_answer_nobody_planned_for_fails_the_job_with_a_reason_and_the_daemon_goes_on(
+        tmp_path, simulator, daemon_factory):
+    # Another service's JSON where MAAS lists its boot resources: objects without an "id".
+    simulator.inject("status", status=200, body='[{"name": "esxi/8.0.2-22380479", "type": "Uploaded"}]',
+                     content_type="application/json", method="GET", path="/boot-resources/", count=1000)
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator))
+    iso = drop(_iso(tmp_path, "odd"), daemon.drop_dir)
+    job = daemon.wait_for_state(iso.name, "failed")
+    assert job["error"].startswith("unexpected error while registering: KeyError: 'id' (the traceback is in")
+    assert f"esxi-watcher retry {job['id']}" in job["error"]
+    reason = (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").read_text()
+    assert reason.startswith("unexpected error while registering: KeyError")
+    assert [e["job"] for e in daemon.log_events() if e.get("event") == "job.internal_error"] == [job["id"]]
+    assert daemon.alive()
+
+    simulator.clear_faults()  # MAAS answers as MAAS again
+    second = drop(_iso(tmp_path, "after"), daemon.drop_dir)
+    daemon.wait_for_state(second.name, "registered")
+    assert daemon.cli("retry", str(job["id"])).returncode == 0
+    started_before = _builds_started(daemon)
+    daemon.wait_for_state(iso.name, "registered")
+    assert _builds_started(daemon) == started_before  # the built image was kept: registered, not rebuilt
+
+
+def _builds_started(daemon) -> list[str]:
+    return sorted(event["job"] for event in daemon.log_events() if event.get("event") == "job.building")
+
+
 def test_the_api_key_never_shows(tmp_path, simulator, daemon_factory):
     simulator.inject("status", status=503, count=2)
     simulator.inject("drop", after_bytes=10, appended="received")

@@ -415,6 +415,30 @@ def test_maas_down_raises_unavailable_after_the_bounded_retries(artifact):
     assert [reason for reason, _ in calls.retries] == ["connection refused"] * 2
 
 
+PROXY_PAGE = "<html><body>Please log in to the proxy</body></html>"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_an_answer_that_is_not_maas_json_is_named_and_retried(simulator, artifact, method):
+    # A proxy's login page or a web server that is not MAAS, with HTTP 200, then MAAS itself again.
+    simulator.inject("status", status=200, body=PROXY_PAGE, method=method, path="/boot-resources/")
+    calls = Calls()
+    registration = register(simulator, artifact, calls=calls)
+    [(reason, _)] = calls.retries
+    action = "listing boot resources" if method == "GET" else f"creating boot resource {NAME}"
+    assert reason.startswith(f"the answer to {action} is not MAAS's JSON (bytes: '<html><body>Please log")
+    assert "is maas.url the MAAS region API" in reason
+    assert registration.uploaded and simulator.file_bytes(NAME) == artifact.data
+
+
+def test_an_address_that_never_answers_maas_json_ends_unavailable(simulator, artifact):
+    simulator.inject("status", status=200, body=PROXY_PAGE, method="GET", path="/boot-resources/", count=100)
+    with pytest.raises(MaasUnavailable, match="not MAAS's JSON") as raised:
+        register(simulator, artifact, retries=2)
+    assert "3 tries" in str(raised.value)
+    assert requests(simulator, "POST") == [] and requests(simulator, "PUT") == []
+
+
 def test_a_slow_maas_times_out_and_is_retried(simulator, artifact):
     simulator.inject("delay", seconds=6.0, method="GET", path="/boot-resources/")
     calls = Calls()

@@ -2,7 +2,8 @@
 
 kinds:
 - "status": answer the next `count` matching calls with `status` (500/502/503/401/403...)
-  before MAAS sees them (as a proxy or a failing region would); the body is `body`.
+  before MAAS sees them (as a proxy or a failing region would); the body is `body`, sent as
+  `content_type` (e.g. application/json for another service's JSON).
 - "drop": on the next matching call (default: an upload PUT) read `after_bytes` bytes of
   the body, then close the socket without an answer. `appended` says what the region
   kept: "none" (nothing reached the handler), "received" (the bytes read so far reached
@@ -28,6 +29,7 @@ class Fault:
     count: int = 1
     status: int = 503
     body: str = ""
+    content_type: str = "text/plain; charset=utf-8"
     method: str | None = None
     path: str | None = None
     after_bytes: int = 0

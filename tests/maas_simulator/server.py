@@ -175,7 +175,7 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
                 headers = {}
                 if status_fault.status == 401:
                     headers["WWW-Authenticate"] = 'OAuth realm="OAuth"'
-                self.answer(status_fault.status, status_fault.body, headers=headers)
+                self.answer(status_fault.status, status_fault.body, status_fault.content_type, headers=headers)
                 return
             self.route(path, query, length, body)
         except DroppedConnection:

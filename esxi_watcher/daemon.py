@@ -245,8 +245,7 @@ class Daemon:
         reason = redact(f"unexpected error while {doing}: {type(error).__name__}: {error} (the traceback is "
                         f"in `journalctl -u esxi-watcher`; `esxi-watcher retry {job.id}` tries again)")
         if stage == "build":
-            self._clean_host(dead_jobs={self._marker(job.id)})
-            build.remove_workdir(self._workdir(job.id))
+            self._discard_build(job.id)
         self._fail(self.store.get(job.id), stage, reason)
 
     def build_job(self, job: Job) -> None:
@@ -282,7 +281,7 @@ class Daemon:
                 stop_event=self.stop_event)
         except BuildFailed as failure:
             self._running_build = None
-            self._build_failed(store.get(job.id), failure, monitor.explain(str(failure)), workdir)
+            self._build_failed(store.get(job.id), failure, monitor.explain(str(failure)))
         else:
             store.update(job.id, state=BUILT, stage="built", artifact=str(artifact), pgid=None,
                          error=None, next_try=0)
@@ -307,13 +306,12 @@ class Daemon:
         console = workdir / self.config.build.template_dir.name / self.config.build.console_log
         return BuildMonitor(console, on_stage=show)
 
-    def _build_failed(self, job: Job, failure: BuildFailed, reason: str, workdir: Path) -> None:
+    def _build_failed(self, job: Job, failure: BuildFailed, reason: str) -> None:
         store = self.store
-        self._clean_host(dead_jobs={self._marker(job.id)})
+        self._discard_build(job.id)
         if self.stop_event.is_set():
             store.update(job.id, state=QUEUED, stage="interrupted by shutdown", pgid=None,
                          build_attempts=max(job.build_attempts - 1, 0))
-            build.remove_workdir(workdir)
             return
         if failure.transient and job.build_attempts <= self.config.build.retries:
             wait = 60.0 * job.build_attempts
@@ -322,7 +320,11 @@ class Daemon:
             log.warning("build.retry_later", job=job.id, iso=job.iso, reason=reason, wait=wait)
         else:
             self._fail(job, "build", reason)
-        build.remove_workdir(workdir)
+
+    def _discard_build(self, job_id: int) -> None:
+        """End what a build that did not finish left behind: its processes, mounts, nbd devices, work dir."""
+        self._clean_host(dead_jobs={self._marker(job_id)})
+        build.remove_workdir(self._workdir(job_id))
 
     def _kvm_problem(self) -> str | None:
         from esxi_watcher import kvm

@@ -375,8 +375,6 @@ class _Client:
 
 def _shaped(answer: Any, expect: type) -> bool:
     """Whether a JSON answer has the shape MAAS gives: the container, and objects inside a list."""
-    if answer is None:
-        return True  # a 404 the caller allowed
     if not isinstance(answer, expect):
         return False
     return expect is not list or all(isinstance(item, dict) for item in answer)
@@ -673,7 +671,9 @@ async def notify_admins(*, url: str, api_key: str, message: str, category: str, 
         client = await _Client.connect(url, api_key, request_timeout)
         single = getattr(client.session, "Notification", None)  # absent from some API descriptions
         if single is not None:
-            for notification in await client.call(client.session.Notifications.read, "listing notifications", expect=list) or []:
+            notifications = await client.call(client.session.Notifications.read, "listing notifications",
+                                              expect=list)
+            for notification in notifications:
                 if notification.get("ident") == ident:
                     await client.call(single.delete, "deleting a notification", missing_ok=True,
                                       id=notification["id"])

@@ -41,10 +41,16 @@ def move_to_outcome(drop_dir: Path, path: Path, outcome: str, job_id: int, reaso
     folder = drop_dir / outcome
     folder.mkdir(mode=0o775, exist_ok=True)  # a setgid drop dir passes its group and setgid on
     target = _free_name(folder, path.name, job_id)
-    os.rename(path, target)
-    if reason:
+    note = Path(f"{target}.reason.txt")
+    if reason:  # written first, so the file never shows up in its folder without its reason
         stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        note = f"{reason}\n\njob {job_id}, {stamp}. Nothing was deleted: this file is as dropped.\n"
-        Path(f"{target}.reason.txt").write_text(note, encoding="utf-8")
+        note.write_text(f"{reason}\n\njob {job_id}, {stamp}. Nothing was deleted: this file is as dropped.\n",
+                        encoding="utf-8")
+    try:
+        os.rename(path, target)
+    except OSError:
+        if reason:
+            note.unlink(missing_ok=True)
+        raise
     log.info("iso.moved", job=job_id, iso=path.name, to=outcome, reason=reason)
     return target

@@ -3,7 +3,7 @@
 The only module that imports python-libmaas. It uses libmaas's `bones` layer (a binding built from
 MAAS's describe document) for the API calls and libmaas's OAuth signing for the chunk uploads, which
 it sends itself with aiohttp so that each chunk goes out exactly once. The MAAS rules it follows are
-in docs/design/MAAS_API.md; the ones that shape this module:
+in docs/design.md; the ones that shape this module:
 
 - a chunk PUT that failed midway cannot be re-sent: the upload starts over from a new resource set;
 - MAAS 3.8+ keeps one file per sha256, shared by every image with those bytes: uploading bytes that

@@ -7,6 +7,7 @@ both the validation (every problem reported at once, by dotted key) and config.e
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,9 +291,27 @@ def parse_config(document: Any, source: str = "config") -> Config:
             values[option.key] = option.parse(raw)
         except ValueError as error:
             problems.append(f"At '{option.key}': {error}")
+    if "drop_dir" in values and "state_dir" in values:
+        problems += folder_overlap_problems(values["drop_dir"], values["state_dir"])
     if problems:
         raise ConfigError(source, problems)
     return _assemble(values)
+
+
+def folder_overlap_problems(drop_dir: Path, state_dir: Path) -> list[str]:
+    """Given both folders, return why they cannot be used together: the daemon deletes work dirs
+    under state_dir and moves files around in drop_dir, so neither may hold the other."""
+    drop, state = Path(os.path.realpath(drop_dir)), Path(os.path.realpath(state_dir))
+    if drop == state:
+        return [f"At 'drop_dir': {drop_dir} is the same folder as 'state_dir' ({state_dir}): "
+                "use two separate folders"]
+    if state in drop.parents:
+        return [f"At 'drop_dir': {drop_dir} is inside 'state_dir' ({state_dir}): "
+                "use two separate folders, neither inside the other"]
+    if drop in state.parents:
+        return [f"At 'state_dir': {state_dir} is inside 'drop_dir' ({drop_dir}): "
+                "use two separate folders, neither inside the other"]
+    return []
 
 
 def _assemble(values: dict[str, Any]) -> Config:

@@ -7,6 +7,7 @@ start can re-enter. Only this module touches SQLite.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -14,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from esxi_watcher.errors import StoreUnavailable
+from esxi_watcher.errors import StoreLocked, StoreNotADatabase, StoreUnavailable
 
 QUEUED = "queued"
 BUILDING = "building"
@@ -102,16 +103,43 @@ class JobConflict(Exception):
 class JobStore:
     """SQLite-backed jobs, safe to use from several threads of one process (and several processes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, timeout: float = 30.0, check: bool = False):
+        """Open (or create) the store. check=True (the daemon) also reads every page and makes sure
+        a write can start, so that a damaged or locked file shows now rather than in the middle of a
+        job. Raise StoreNotADatabase, StoreLocked or StoreUnavailable."""
         self.path = Path(path)
         self._lock = threading.Lock()
         self.write_error: str | None = None  # why the last write failed, until one succeeds
-        self._connection = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
-                                           isolation_level=None)
-        self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.executescript(_SCHEMA)
+        try:
+            self._connection = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False,
+                                               isolation_level=None)
+        except sqlite3.DatabaseError as error:  # "unable to open database file"
+            raise self._named(error) from error
+        try:
+            self._connection.row_factory = sqlite3.Row
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.executescript(_SCHEMA)
+            if check:
+                self._check()
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise self._named(error) from error
+
+    def _check(self) -> None:
+        verdict = self._connection.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+        self._connection.execute("BEGIN IMMEDIATE")
+        self._connection.execute("ROLLBACK")
+
+    def _named(self, error: sqlite3.DatabaseError) -> Exception:
+        """Given an SQLite error, return the store error that tells the operator what it means."""
+        if isinstance(error, sqlite3.OperationalError):
+            if "locked" in str(error) or "busy" in str(error):
+                return StoreLocked(self.path)
+            return StoreUnavailable(f"job store {self.path}: {error}")
+        return StoreNotADatabase(self.path, str(error))
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +152,11 @@ class JobStore:
             except sqlite3.OperationalError as error:
                 if not sql.startswith("SELECT"):
                     self.write_error = str(error)
-                raise StoreUnavailable(f"job store {self.path}: {error}") from error
+                raise self._named(error) from error
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as error:  # damaged since it was opened
+                raise self._named(error) from error
             if not sql.startswith("SELECT"):
                 self.write_error = None
             return cursor
@@ -211,3 +243,18 @@ class JobStore:
 
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs())
+
+
+def move_aside(path: Path, now: float | None = None) -> Path:
+    """Rename a broken store and its -wal/-shm files to <name>.broken-<YYYYmmddTHHMMSS>[-wal|-shm];
+    return the new path of the store file."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.broken-{stamp}")
+    number = 1
+    while any(os.path.lexists(f"{target}{suffix}") for suffix in ("", "-wal", "-shm")):
+        number += 1
+        target = path.with_name(f"{path.name}.broken-{stamp}.{number}")
+    for suffix in ("-wal", "-shm", ""):  # the store file last: while it is there, so are its companions
+        if os.path.lexists(f"{path}{suffix}"):
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+    return target

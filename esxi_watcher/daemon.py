@@ -148,10 +148,10 @@ class Daemon:
                         reason="these keys change only when the daemon restarts: keeping the old values")
             new = _with_settings(new, kept)
         changed = sorted(key for key in _setting_keys() if _setting(new, key) != _setting(old, key))
+        log.info("config.reloaded", changed=changed)  # before a new log level could hide it
         if new.log != old.log:
             configure_logging(new.log.format, new.log.level)
         self.config = new
-        log.info("config.reloaded", changed=changed)
 
     def _claim_folders(self) -> None:
         for folder in (self.config.state_dir, self.config.drop_dir):

@@ -136,7 +136,10 @@ class Daemon:
         except ConfigError as error:
             log.error("config.reload_failed", error=str(error), keeping="the configuration loaded before")
         finally:
-            self._notify(ready=True)
+            if self.store is None:  # still waiting for the store, which says so itself
+                sdnotify.notify(READY="1")
+            else:
+                self._notify(ready=True)
 
     def _apply_config(self, new: Config) -> None:
         from esxi_watcher.logs import configure_logging
@@ -165,7 +168,7 @@ class Daemon:
         waiting_since = None
         while not self.stop_event.is_set():
             try:
-                return JobStore(self.config.db_path, check=True)
+                opened = JobStore(self.config.db_path, check=True)
             except StoreNotADatabase as error:
                 self._move_broken_store(error)
             except StoreUnavailable as error:
@@ -176,6 +179,10 @@ class Daemon:
                 self._heartbeat()
                 self.stop_event.wait(STORE_LOCKED_RECHECK)
                 self._handle_signals()
+            else:
+                if waiting_since is not None:
+                    log.info("store.available", waited=round(time.monotonic() - waiting_since))
+                return opened
         return None
 
     def _move_broken_store(self, error: StoreNotADatabase) -> None:

@@ -11,6 +11,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,6 +31,7 @@ STATES = (QUEUED, BUILDING, BUILT, UPLOADING, REGISTERED, FAILED, REJECTED, DUPL
 FINAL_STATES = (REGISTERED, FAILED, REJECTED, DUPLICATE)
 # States whose job still owns its ISO in the drop dir (and its work dir, from building on).
 ACTIVE_STATES = (QUEUED, BUILDING, BUILT, UPLOADING)
+CHECK_TIMEOUT = 2.0  # seconds a daemon's check of the store waits for another process's lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -104,15 +106,22 @@ class JobStore:
     """SQLite-backed jobs, safe to use from several threads of one process (and several processes)."""
 
     def __init__(self, path: Path, timeout: float = 30.0, check: bool = False):
-        """Open (or create) the store. check=True (the daemon) also reads every page and makes sure
-        a write can start, so that a damaged or locked file shows now rather than in the middle of a
-        job. Raise StoreNotADatabase, StoreLocked or StoreUnavailable."""
+        """Open (or create) the store; raise StoreNotADatabase, StoreLocked or StoreUnavailable.
+
+        An existing file is first read whole through a read-only connection: a read-write one would
+        delete the -wal file of a damaged store when it closes. check=True (the daemon) also makes
+        sure a write can start, so that a lock held by another process shows now, not mid-job.
+        """
         self.path = Path(path)
         self._lock = threading.Lock()
         self.write_error: str | None = None  # why the last write failed, until one succeeds
+        # The daemon waits for a locked store in its own loop (saying so), not inside SQLite.
+        opening_timeout = min(timeout, CHECK_TIMEOUT) if check else timeout
+        if self.path.exists():
+            self._probe(opening_timeout)
         try:
-            self._connection = sqlite3.connect(str(self.path), timeout=timeout, check_same_thread=False,
-                                               isolation_level=None)
+            self._connection = sqlite3.connect(str(self.path), timeout=opening_timeout,
+                                               check_same_thread=False, isolation_level=None)
         except sqlite3.DatabaseError as error:  # "unable to open database file"
             raise self._named(error) from error
         try:
@@ -121,17 +130,27 @@ class JobStore:
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
             if check:
-                self._check()
+                self._connection.execute("BEGIN IMMEDIATE")
+                self._connection.execute("ROLLBACK")
+            self._connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         except sqlite3.DatabaseError as error:
             self._connection.close()
             raise self._named(error) from error
 
-    def _check(self) -> None:
-        verdict = self._connection.execute("PRAGMA quick_check").fetchone()[0]
+    def _probe(self, timeout: float) -> None:
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        try:
+            reader = sqlite3.connect(uri, uri=True, timeout=timeout)
+        except sqlite3.DatabaseError as error:
+            raise self._named(error) from error
+        try:
+            verdict = reader.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise self._named(error) from error
+        finally:
+            reader.close()
         if verdict != "ok":
-            raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
-        self._connection.execute("BEGIN IMMEDIATE")
-        self._connection.execute("ROLLBACK")
+            raise StoreNotADatabase(self.path, f"database disk image is malformed: {verdict}")
 
     def _named(self, error: sqlite3.DatabaseError) -> Exception:
         """Given an SQLite error, return the store error that tells the operator what it means."""

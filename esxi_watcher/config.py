@@ -322,6 +322,27 @@ def _assemble(values: dict[str, Any]) -> Config:
     return Config(drop_dir=values["drop_dir"], state_dir=values["state_dir"], **sections)
 
 
+# Keys read once at start: the folder locks, the job store, the watcher and intake are built from them.
+RESTART_KEYS = ("drop_dir", "state_dir", "watch.settle", "watch.max_iso_size")
+
+
+def setting(config: Config, key: str) -> Any:
+    """Given a dotted key such as 'build.timeout', return its value in config."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def reloaded(running: Config, loaded: Config) -> tuple[Config, list[str], list[str]]:
+    """Given the running config and one loaded again from its file, return the config to run with
+    (keys of RESTART_KEYS keep their running values), those kept keys, and the keys that change."""
+    kept = [key for key in RESTART_KEYS if setting(loaded, key) != setting(running, key)]
+    values = {option.key: setting(running if option.key in kept else loaded, option.key) for option in OPTIONS}
+    changed = [option.key for option in OPTIONS if values[option.key] != setting(running, option.key)]
+    return _assemble(values), kept, changed
+
+
 def load_config(path: Path) -> Config:
     """Given a YAML file's path, return its Config; raise ConfigError naming every bad key."""
     try:

@@ -8,7 +8,6 @@ outage never holds builds back. All state lives in the job store; threads only r
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import hashlib
 import os
 import re
@@ -20,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from esxi_watcher import build, host, instance, maas, outcomes, sdnotify, store as job_store
-from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config
+from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config, reloaded
 from esxi_watcher.errors import (BuildFailed, ConfigError, EsxiWatcherError, MaasAuthError, MaasUnavailable,
                                  MissingApiKey, StoreNotADatabase, StoreUnavailable)
 from esxi_watcher.intake import Intake, sha256_of, still_in_place
@@ -43,8 +42,6 @@ SETUP_RECHECK = 15.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Signals whose default action would kill the daemon and orphan a running build: noted, ignored.
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
-# Keys read once at start (the store, the locks, the watcher and intake are built from them).
-RESTART_KEYS = ("drop_dir", "state_dir", "watch.settle", "watch.max_iso_size")
 
 
 class Daemon:
@@ -145,12 +142,10 @@ class Daemon:
         from esxi_watcher.logs import configure_logging
 
         old = self.config
-        kept = {key: _setting(old, key) for key in RESTART_KEYS if _setting(new, key) != _setting(old, key)}
+        new, kept, changed = reloaded(old, new)
         if kept:
-            log.warning("config.restart_needed", keys=sorted(kept),
+            log.warning("config.restart_needed", keys=kept,
                         reason="these keys change only when the daemon restarts: keeping the old values")
-            new = _with_settings(new, kept)
-        changed = sorted(key for key in _setting_keys() if _setting(new, key) != _setting(old, key))
         log.info("config.reloaded", changed=changed)  # before a new log level could hide it
         if new.log != old.log:
             configure_logging(new.log.format, new.log.level)
@@ -576,32 +571,6 @@ def _sha256_file(path: str) -> str:
         return sha256_of(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _setting_keys() -> list[str]:
-    from esxi_watcher.config import OPTIONS
-
-    return [option.key for option in OPTIONS]
-
-
-def _setting(config: Config, key: str):
-    """Given a dotted key (build.timeout), return its value in config."""
-    value = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _with_settings(config: Config, settings: dict) -> Config:
-    """Return config with these dotted keys set to these values."""
-    for key, value in settings.items():
-        section, _, leaf = key.rpartition(".")
-        if section:
-            config = dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section),
-                                                                                 **{leaf: value})})
-        else:
-            config = dataclasses.replace(config, **{leaf: value})
-    return config
 
 
 def _stem(name: str) -> str:

@@ -12,7 +12,11 @@ from pathlib import Path
 
 from esxi_watcher import __version__
 from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, example_yaml, load_config
-from esxi_watcher.errors import EsxiWatcherError
+from esxi_watcher.errors import EsxiWatcherError, StoreLocked, StoreNotADatabase
+
+# What the operator can do about a store the commands cannot use (they never repair it themselves).
+_STORE_ADVICE = {StoreLocked: "try again", StoreNotADatabase: "the daemon moves it aside when it starts"}
+CLI_STORE_TIMEOUT = 5.0
 
 
 class UsageError(EsxiWatcherError):
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(arguments)
     except EsxiWatcherError as error:
-        print(f"esxi-watcher: {error}", file=sys.stderr)
+        advice = _STORE_ADVICE.get(type(error))
+        print(f"esxi-watcher: {error}" + (f": {advice}" if advice else ""), file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         return 130
@@ -96,7 +101,7 @@ def _open_store(config: Config):
 
     if not config.db_path.exists():
         raise UsageError(f"no job store at {config.db_path}: the daemon has not run yet")
-    return JobStore(config.db_path)
+    return JobStore(config.db_path, timeout=CLI_STORE_TIMEOUT)
 
 
 def _job(store, job_id: int):

@@ -7,6 +7,7 @@ both the validation (every problem reported at once, by dotted key) and config.e
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,9 +291,27 @@ def parse_config(document: Any, source: str = "config") -> Config:
             values[option.key] = option.parse(raw)
         except ValueError as error:
             problems.append(f"At '{option.key}': {error}")
+    if "drop_dir" in values and "state_dir" in values:
+        problems += folder_overlap_problems(values["drop_dir"], values["state_dir"])
     if problems:
         raise ConfigError(source, problems)
     return _assemble(values)
+
+
+def folder_overlap_problems(drop_dir: Path, state_dir: Path) -> list[str]:
+    """Given both folders, return why they cannot be used together: the daemon deletes work dirs
+    under state_dir and moves files around in drop_dir, so neither may hold the other."""
+    drop, state = Path(os.path.realpath(drop_dir)), Path(os.path.realpath(state_dir))
+    if drop == state:
+        return [f"At 'drop_dir': {drop_dir} is the same folder as 'state_dir' ({state_dir}): "
+                "use two separate folders"]
+    if state in drop.parents:
+        return [f"At 'drop_dir': {drop_dir} is inside 'state_dir' ({state_dir}): "
+                "use two separate folders, neither inside the other"]
+    if drop in state.parents:
+        return [f"At 'state_dir': {state_dir} is inside 'drop_dir' ({drop_dir}): "
+                "use two separate folders, neither inside the other"]
+    return []
 
 
 def _assemble(values: dict[str, Any]) -> Config:
@@ -301,6 +320,27 @@ def _assemble(values: dict[str, Any]) -> Config:
         fields = {f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)}
         sections[name] = cls(**fields)
     return Config(drop_dir=values["drop_dir"], state_dir=values["state_dir"], **sections)
+
+
+# Keys read once at start: the folder locks, the job store, the watcher and intake are built from them.
+RESTART_KEYS = ("drop_dir", "state_dir", "watch.settle", "watch.max_iso_size")
+
+
+def setting(config: Config, key: str) -> Any:
+    """Given a dotted key such as 'build.timeout', return its value in config."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def reloaded(running: Config, loaded: Config) -> tuple[Config, list[str], list[str]]:
+    """Given the running config and one loaded again from its file, return the config to run with
+    (keys of RESTART_KEYS keep their running values), those kept keys, and the keys that change."""
+    kept = [key for key in RESTART_KEYS if setting(loaded, key) != setting(running, key)]
+    values = {option.key: setting(running if option.key in kept else loaded, option.key) for option in OPTIONS}
+    changed = [option.key for option in OPTIONS if values[option.key] != setting(running, option.key)]
+    return _assemble(values), kept, changed
 
 
 def load_config(path: Path) -> Config:

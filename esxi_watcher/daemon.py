@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import signal
 import threading
 import time
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import structlog
 
-from esxi_watcher import build, host, maas, outcomes, sdnotify
-from esxi_watcher.config import Config
-from esxi_watcher.errors import (BuildFailed, EsxiWatcherError, MaasAuthError, MaasUnavailable,
-                                 MissingApiKey, StoreUnavailable)
+from esxi_watcher import build, host, instance, maas, outcomes, sdnotify, store as job_store
+from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config, reloaded
+from esxi_watcher.errors import (BuildFailed, ConfigError, EsxiWatcherError, MaasAuthError, MaasUnavailable,
+                                 MissingApiKey, StoreNotADatabase, StoreUnavailable)
 from esxi_watcher.intake import Intake, sha256_of, still_in_place
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
@@ -36,7 +37,11 @@ TICK = 0.5
 NO_KEY_RECHECK = 30.0
 KVM_RECHECK = 600.0
 STORE_RECHECK = 10.0
+STORE_LOCKED_RECHECK = 2.0
 SETUP_RECHECK = 15.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# Signals whose default action would kill the daemon and orphan a running build: noted, ignored.
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 
 class Daemon:
@@ -54,16 +59,29 @@ class Daemon:
         self._ping_every = sdnotify.watchdog_interval()
         self._last_ping = 0.0
         self.instance = hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:8]
+        self._folder_lock: instance.InstanceLock | None = None
+        self._signals_received: list[int] = []  # noted by the handlers, acted on by the main loop
+        self._store_notice: str | None = None  # a broken store moved aside: said until the next restart
 
     # ----- life cycle -------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT; return the exit code."""
+        """Run until SIGTERM/SIGINT/SIGQUIT; return the exit code. Raise AlreadyRunning, before
+        touching the store or the host, when another daemon works on the same state or drop dir."""
+        self._install_signal_handlers()
+        self._claim_folders()
+        try:
+            self._prepare_dirs()
+            self.store = self._open_store()
+            if self.store is None:  # stopped while waiting for the store
+                return 0
+            return self._run_with_store()
+        finally:
+            self._folder_lock.release()
+
+    def _run_with_store(self) -> int:
         from esxi_watcher.watch import DropWatcher
 
-        self._prepare_dirs()
-        self.store = JobStore(self.config.db_path)
-        self._install_signal_handlers()
         self.recover()
         watcher = DropWatcher(self.config.drop_dir, self.config.watch.settle)
         watcher.start()
@@ -73,6 +91,8 @@ class Daemon:
         self.setup_problems = self._setup_problems()
         self._notify(ready=True)
         log.info("daemon.ready", drop_dir=str(self.config.drop_dir), state_dir=str(self.config.state_dir))
+        if self._store_notice:
+            self._announce_new_store()
         try:
             self._main_loop(watcher)
         finally:
@@ -90,8 +110,92 @@ class Daemon:
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
-        for number in (signal.SIGTERM, signal.SIGINT):
+        for number in STOP_SIGNALS:
             signal.signal(number, lambda *_: self.stop())
+        for number in (signal.SIGHUP, *IGNORED_SIGNALS):
+            signal.signal(number, lambda number, _frame: self._signals_received.append(number))
+
+    def _handle_signals(self) -> None:
+        """Act on the signals noted since the last turn (logging inside a handler is not safe)."""
+        while self._signals_received:
+            number = self._signals_received.pop(0)
+            if number == signal.SIGHUP:
+                self.reload_config()
+            else:
+                log.warning("signal.ignored", signal=signal.Signals(number).name,
+                            reason="only SIGTERM, SIGINT or SIGQUIT stop the daemon; SIGHUP reloads")
+
+    def reload_config(self) -> None:
+        """Read the configuration file again (SIGHUP); the new settings apply from the next job on."""
+        sdnotify.notify(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
+        try:
+            self._apply_config(load_config(self.config_path or DEFAULT_CONFIG_PATH))
+        except ConfigError as error:
+            log.error("config.reload_failed", error=str(error), keeping="the configuration loaded before")
+        finally:
+            if self.store is None:  # still waiting for the store, which says so itself
+                sdnotify.notify(READY="1")
+            else:
+                self._notify(ready=True)
+
+    def _apply_config(self, new: Config) -> None:
+        from esxi_watcher.logs import configure_logging
+
+        old = self.config
+        new, kept, changed = reloaded(old, new)
+        if kept:
+            log.warning("config.restart_needed", keys=kept,
+                        reason="these keys change only when the daemon restarts: keeping the old values")
+        log.info("config.reloaded", changed=changed)  # before a new log level could hide it
+        if new.log != old.log:
+            configure_logging(new.log.format, new.log.level)
+        self.config = new
+
+    def _claim_folders(self) -> None:
+        for folder in (self.config.state_dir, self.config.drop_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._folder_lock = instance.claim_folders(
+            [("state_dir", self.config.state_dir), ("drop_dir", self.config.drop_dir)])
+
+    def _open_store(self) -> JobStore | None:
+        """Open the job store. A damaged file is moved aside and a new store started; while another
+        process locks it, wait (READY is sent so systemd's start timeout does not kill the wait)."""
+        waiting_since = None
+        while not self.stop_event.is_set():
+            try:
+                opened = JobStore(self.config.db_path, check=True)
+            except StoreNotADatabase as error:
+                self._move_broken_store(error)
+            except StoreUnavailable as error:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.error("store.waiting", reason=str(error))
+                sdnotify.notify(READY="1", STATUS=f"waiting: {error}: retrying every {int(STORE_LOCKED_RECHECK)} s")
+                self._heartbeat()
+                self.stop_event.wait(STORE_LOCKED_RECHECK)
+                self._handle_signals()
+            else:
+                if waiting_since is not None:
+                    log.info("store.available", waited=round(time.monotonic() - waiting_since))
+                return opened
+        return None
+
+    def _move_broken_store(self, error: StoreNotADatabase) -> None:
+        moved = job_store.move_aside(self.config.db_path)
+        self._store_notice = (f"the job store was not a database ({error.reason}): moved aside to {moved.name}, "
+                              f"started a new one; ISOs still in the drop dir are taken in again")
+        log.error("store.moved_aside", store=str(self.config.db_path), moved_to=str(moved), reason=error.reason)
+
+    def _announce_new_store(self) -> None:
+        """Tell MAAS's admins too (in the background: MAAS may be slow or away)."""
+        try:
+            api_key = maas.read_api_key(self.config.maas.api_key_file)
+        except EsxiWatcherError:
+            return
+        add_secret(api_key)
+        message = f"esxi-watcher: {self._store_notice}. Done and failed jobs before it are no longer listed."
+        threading.Thread(target=self._notify_admins, args=(api_key, message, "error", "esxi-watcher-store"),
+                         name="store-notice", daemon=True).start()
 
     def _prepare_dirs(self) -> None:
         for folder in (self.config.state_dir, self.config.work_root, self.config.logs_dir):
@@ -143,6 +247,7 @@ class Daemon:
             monitor = self._running_build
             if monitor is not None:
                 monitor.poll()
+            self._handle_signals()
             self._notify()
             self._heartbeat()
             self.stop_event.wait(TICK)
@@ -181,7 +286,8 @@ class Daemon:
         if self.store.write_error:
             activity["store"] = (f"cannot write the job store ({self.store.write_error}): "
                                  f"free space in {self.config.state_dir}")
-        fields = {"STATUS": status_line(counts, activity, self.setup_problems, newest)}
+        problems = self.setup_problems + ([self._store_notice] if self._store_notice else [])
+        fields = {"STATUS": status_line(counts, activity, problems, newest)}
         if ready:
             fields["READY"] = "1"
         sdnotify.notify(**fields)
@@ -215,10 +321,15 @@ class Daemon:
         self.store.update(job.id, iso_path=str(moved))
 
     def _remove_orphan_workdirs(self) -> None:
+        """Remove the work dirs of ours no job keeps; anything else in work/ is not ours to delete."""
         keep = {self._marker(job.id) for job in self.store.jobs((BUILT, UPLOADING))}
         keep |= {self._marker(job.id) for job in self.store.jobs((FAILED,)) if job.failed_stage == "register"}
+        ours = re.compile(re.escape(self.instance) + r"-[0-9]+")
         for entry in self.config.work_root.iterdir():
-            if entry.name not in keep:
+            if not ours.fullmatch(entry.name):
+                log.warning("recover.workdir_not_ours", entry=str(entry),
+                            reason="not a work dir this daemon made: left alone")
+            elif entry.name not in keep:
                 log.info("recover.workdir_removed", workdir=str(entry))
                 build.remove_workdir(entry)
 

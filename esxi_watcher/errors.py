@@ -81,3 +81,30 @@ class HostNotClean(EsxiWatcherError):
 
 class StoreUnavailable(EsxiWatcherError):
     """The job store cannot be written (a full or read-only state dir): work waits until it can."""
+
+
+class StoreLocked(StoreUnavailable):
+    """Another process holds a lock on the job store that keeps this one from writing it."""
+
+    def __init__(self, path: object):
+        self.path = path
+        super().__init__(f"the job store {path} is locked by another process")
+
+
+class StoreNotADatabase(EsxiWatcherError):
+    """The job store file is not an SQLite database, or a damaged one (truncated, overwritten)."""
+
+    def __init__(self, path: object, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(f"the job store {path} is not a database ({reason})")
+
+
+class AlreadyRunning(EsxiWatcherError):
+    """Another esxi-watcher daemon already works on this state dir or drop dir."""
+
+    def __init__(self, key: str, folder: object, holder: str):
+        self.key = key
+        self.folder = folder
+        self.holder = holder
+        super().__init__(f"another esxi-watcher already works on {key} {folder}: {holder}")

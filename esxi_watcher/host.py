@@ -662,12 +662,13 @@ def clean_host(
 
     live_jobs are the builds running now: nothing of theirs is touched. dead_jobs=None means every
     other job is dead (start-up); otherwise only those listed are cleaned (after a failed build).
-    work_root is <state_dir>/work: any mount under a dead job's folder there goes, so deleting that
-    folder never walks into a mounted image. FUSE mounts under /tmp/packer-maas-* and extra_dirs
+    work_root is <state_dir>/work: any mount under the folder of a job named in dead_jobs goes, so
+    deleting that folder never walks into a mounted image (other folders there are left alone). FUSE mounts under /tmp/packer-maas-* and extra_dirs
     go when no living process outside dead jobs names that folder. process_groups maps process
     group ids recorded for builds to their job. Failures are reported, never raised.
     """
-    is_dead = JobScope(live_jobs, dead_jobs).is_dead
+    scope = JobScope(live_jobs, dead_jobs)
+    is_dead = scope.is_dead
     report = CleanupReport()
     _end_dead_processes(paths, is_dead, process_groups, grace, report)
 
@@ -686,7 +687,7 @@ def clean_host(
         report.failed.append(CleanupFailure("mount", "mountinfo", str(error)))
         log.error("host.mountinfo.unreadable", error=str(error))
         mounts = []
-    dead_dirs = _dead_job_dirs(mounts, work_root, is_dead)
+    dead_dirs = _dead_job_dirs(mounts, work_root, scope)
     scratch_dirs = _unused_scratch_dirs(paths, mounts, extra_dirs, is_dead, report)
     targets = select_mounts(mounts, under=dead_dirs, fuse_under=scratch_dirs, nbd_devices=stale_devices)
     for mount in targets:
@@ -734,15 +735,19 @@ def _leave_alone(report: CleanupReport, kind: str, name: str, reason: str, **fie
     emit(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
 
 
-def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, is_dead: IsDead) -> list[Path]:
-    """Return the work dirs of dead jobs that hold a mount."""
-    if work_root is None:
+def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, scope: JobScope) -> list[Path]:
+    """Return the work dirs of dead jobs that hold a mount.
+
+    Only folders named after a job listed in dead_jobs: a folder in work_root that no job of ours
+    names (an admin's, another tool's) is not ours to unmount, even at start-up.
+    """
+    if work_root is None or scope.dead_jobs is None:
         return []
     dirs = set()
     for mount in mounts:
         if work_root in mount.mount_point.parents:
             job = mount.mount_point.relative_to(work_root).parts[0]
-            if is_dead(job):
+            if job in scope.dead_jobs and scope.is_dead(job):
                 dirs.add(work_root / job)
     return sorted(dirs)
 

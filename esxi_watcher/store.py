@@ -7,14 +7,16 @@ start can re-enter. Only this module touches SQLite.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator
 
-from esxi_watcher.errors import StoreUnavailable
+from esxi_watcher.errors import StoreLocked, StoreNotADatabase, StoreUnavailable
 
 QUEUED = "queued"
 BUILDING = "building"
@@ -29,6 +31,7 @@ STATES = (QUEUED, BUILDING, BUILT, UPLOADING, REGISTERED, FAILED, REJECTED, DUPL
 FINAL_STATES = (REGISTERED, FAILED, REJECTED, DUPLICATE)
 # States whose job still owns its ISO in the drop dir (and its work dir, from building on).
 ACTIVE_STATES = (QUEUED, BUILDING, BUILT, UPLOADING)
+CHECK_TIMEOUT = 2.0  # seconds a daemon's check of the store waits for another process's lock
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -102,16 +105,60 @@ class JobConflict(Exception):
 class JobStore:
     """SQLite-backed jobs, safe to use from several threads of one process (and several processes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, timeout: float = 30.0, check: bool = False):
+        """Open (or create) the store; raise StoreNotADatabase, StoreLocked or StoreUnavailable.
+
+        An existing file is first read whole through a read-only connection: a read-write one would
+        delete the -wal file of a damaged store when it closes. check=True (the daemon) also makes
+        sure a write can start, so that a lock held by another process shows now, not mid-job.
+        """
         self.path = Path(path)
         self._lock = threading.Lock()
         self.write_error: str | None = None  # why the last write failed, until one succeeds
-        self._connection = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False,
-                                           isolation_level=None)
-        self._connection.row_factory = sqlite3.Row
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.executescript(_SCHEMA)
+        # The daemon waits for a locked store in its own loop (saying so), not inside SQLite.
+        opening_timeout = min(timeout, CHECK_TIMEOUT) if check else timeout
+        if self.path.exists():
+            self._probe(opening_timeout)
+        try:
+            self._connection = sqlite3.connect(str(self.path), timeout=opening_timeout,
+                                               check_same_thread=False, isolation_level=None)
+        except sqlite3.DatabaseError as error:  # "unable to open database file"
+            raise self._named(error) from error
+        try:
+            self._connection.row_factory = sqlite3.Row
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.executescript(_SCHEMA)
+            if check:
+                self._connection.execute("BEGIN IMMEDIATE")
+                self._connection.execute("ROLLBACK")
+            self._connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        except sqlite3.DatabaseError as error:
+            self._connection.close()
+            raise self._named(error) from error
+
+    def _probe(self, timeout: float) -> None:
+        uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
+        try:
+            reader = sqlite3.connect(uri, uri=True, timeout=timeout)
+        except sqlite3.DatabaseError as error:
+            raise self._named(error) from error
+        try:
+            verdict = reader.execute("PRAGMA quick_check").fetchone()[0]
+        except sqlite3.DatabaseError as error:
+            raise self._named(error) from error
+        finally:
+            reader.close()
+        if verdict != "ok":
+            raise StoreNotADatabase(self.path, f"database disk image is malformed: {verdict}")
+
+    def _named(self, error: sqlite3.DatabaseError) -> Exception:
+        """Given an SQLite error, return the store error that tells the operator what it means."""
+        if isinstance(error, sqlite3.OperationalError):
+            if "locked" in str(error) or "busy" in str(error):
+                return StoreLocked(self.path)
+            return StoreUnavailable(f"job store {self.path}: {error}")
+        return StoreNotADatabase(self.path, str(error))
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +171,11 @@ class JobStore:
             except sqlite3.OperationalError as error:
                 if not sql.startswith("SELECT"):
                     self.write_error = str(error)
-                raise StoreUnavailable(f"job store {self.path}: {error}") from error
+                raise self._named(error) from error
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.DatabaseError as error:  # damaged since it was opened
+                raise self._named(error) from error
             if not sql.startswith("SELECT"):
                 self.write_error = None
             return cursor
@@ -211,3 +262,18 @@ class JobStore:
 
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs())
+
+
+def move_aside(path: Path, now: float | None = None) -> Path:
+    """Rename a broken store and its -wal/-shm files to <name>.broken-<YYYYmmddTHHMMSS>[-wal|-shm];
+    return the new path of the store file."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime(time.time() if now is None else now))
+    target = path.with_name(f"{path.name}.broken-{stamp}")
+    number = 1
+    while any(os.path.lexists(f"{target}{suffix}") for suffix in ("", "-wal", "-shm")):
+        number += 1
+        target = path.with_name(f"{path.name}.broken-{stamp}.{number}")
+    for suffix in ("-wal", "-shm", ""):  # the store file last: while it is there, so are its companions
+        if os.path.lexists(f"{path}{suffix}"):
+            os.rename(f"{path}{suffix}", f"{target}{suffix}")
+    return target

@@ -195,9 +195,12 @@ class JobStore:
     def identities_in_drop_dir(self, drop_dir: Path) -> dict[str, Job]:
         """Map the file identity of every file a job still holds in the drop dir, whatever its state
         (a finished job's file stays there when its move failed), to its job."""
-        rows = self._execute("SELECT * FROM jobs WHERE file_identity IS NOT NULL ORDER BY id").fetchall()
-        jobs = (self._job(row) for row in rows)
-        return {job.file_identity: job for job in jobs if Path(job.iso_path).parent == Path(drop_dir)}
+        prefix = str(drop_dir).rstrip("/") + "/"
+        rows = self._execute(  # directly in the drop dir: the prefix, then a name without '/'
+            "SELECT * FROM jobs WHERE file_identity IS NOT NULL AND substr(iso_path, 1, ?) = ? "
+            "AND instr(substr(iso_path, ?), '/') = 0 ORDER BY id",
+            (len(prefix), prefix, len(prefix) + 1)).fetchall()
+        return {job.file_identity: job for job in map(self._job, rows)}
 
     def name_holder(self, resource: str, sha256: str) -> Job | None:
         """The live job (not rejected or duplicate) of other content that holds this MAAS name."""

@@ -9,6 +9,8 @@ Which failures are worth retrying (BuildFailed.transient):
   (qemu-nbd / nbd device errors: a device left attached by an earlier failed build, which the host
   clean-up frees before the retry); network errors while `packer init` or `make` fetch plugins or
   Python packages.
+- out of space (BuildOutOfSpace): "No space left on device" in the log tail. Not a failure of the
+  ISO or the template: the daemon keeps the job waiting until there is space, without counting it.
 - not transient: a timeout (an installer waiting on a bad kickstart or boot_command, or a host too
   slow for the template, hangs again for as long: another 2 h would be wasted); any other non-zero
   exit (template, kickstart, missing tools: the operator must act); "Output directory exists"
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import threading
 import time
@@ -30,7 +33,7 @@ from typing import Callable, Sequence
 
 import structlog
 
-from esxi_watcher.errors import BuildFailed, BuildStopped
+from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
 from esxi_watcher.process import CommandResult, run_command
 
 log = structlog.get_logger(__name__)
@@ -48,6 +51,12 @@ _TRANSIENT_MARKERS = (
     "temporary failure in name resolution", "could not resolve host", "network is unreachable",
 )
 _NOT_TRANSIENT_MARKERS = ("output directory exists",)
+_OUT_OF_SPACE_MARKERS = ("no space left on device", "disk quota exceeded")
+# disk_size = "32G" (HCL), "disk_size": "32768" or 32768 (JSON); Packer's qemu builder counts a bare
+# number in MiB.
+_DISK_SIZE = re.compile(r"""["']?disk_size["']?\s*[=:]\s*["']?(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?["']?""",
+                        re.IGNORECASE)
+_SIZE_UNITS = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def prepare_workdir(template_dir: Path, workdir: Path, *,
@@ -206,6 +215,8 @@ def _check_step(argv: list[str], result: CommandResult, timeout: float, log_path
         summary = f"{step} exited {result.returncode}"
         if result.returncode < 0:
             summary = f"{step} was killed by signal {-result.returncode}"
+        if is_out_of_space(result.last_lines):
+            raise BuildOutOfSpace(_reason(summary, result.last_lines, log_path))
         raise BuildFailed(_reason(summary, result.last_lines, log_path),
                           transient=is_transient(result.last_lines))
 
@@ -219,6 +230,37 @@ def is_transient(lines: Sequence[str]) -> bool:
     if any(marker in text for marker in _NOT_TRANSIENT_MARKERS):
         return False
     return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
+def is_out_of_space(lines: Sequence[str]) -> bool:
+    """Given the last lines of a failed build, return whether it ran out of disk space."""
+    text = "\n".join(lines).lower()
+    return any(marker in text for marker in _OUT_OF_SPACE_MARKERS)
+
+
+def template_disk_size(template_dir: Path) -> int:
+    """Given the template folder, return the largest disk_size its *.pkr.hcl / *.json files set
+    (bytes), or 0 when none sets one as a plain number."""
+    largest = 0
+    try:
+        files = [path for path in Path(template_dir).iterdir() if path.name.endswith((".pkr.hcl", ".json"))]
+    except OSError:
+        return 0
+    for path in files:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for number, unit in _DISK_SIZE.findall(text):
+            largest = max(largest, int(float(number) * _SIZE_UNITS[unit.upper()]))
+    return largest
+
+
+def space_needed(template_dir: Path, iso_size: int) -> int:
+    """About how many bytes of the state dir one build needs: a copy of the ISO's worth (packer-maas
+    writes files derived from it) plus the VM's disk as the template sizes it (a raw disk can fill
+    up to it, and the .dd.gz is written beside it). An estimate, checked before each build."""
+    return iso_size + template_disk_size(template_dir)
 
 
 def command_label(argv: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import signal
 import threading
 import time
@@ -20,16 +21,16 @@ import structlog
 
 from esxi_watcher import build, host, instance, maas, outcomes, sdnotify, store as job_store
 from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config, reloaded
-from esxi_watcher.errors import (BuildFailed, ConfigError, EsxiWatcherError, MaasAuthError, MaasUnavailable,
-                                 MissingApiKey, StoreNotADatabase, StoreUnavailable)
-from esxi_watcher.intake import Intake, sha256_of, still_in_place
+from esxi_watcher.errors import (BuildFailed, BuildOutOfSpace, ConfigError, EsxiWatcherError, MaasAuthError,
+                                 MaasUnavailable, MissingApiKey, StoreNotADatabase, StoreUnavailable)
+from esxi_watcher.intake import Intake, decide_resource, human_size, sha256_of, still_in_place
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
-from esxi_watcher.naming import resource_name, resource_title
+from esxi_watcher.naming import distinct_name, distinct_title, resource_name, resource_title
 from esxi_watcher.progress import BuildMonitor
 from esxi_watcher.status import status_line
-from esxi_watcher.store import (BUILDING, BUILT, DUPLICATE, FAILED, FINAL_STATES, QUEUED, REGISTERED,
-                                REJECTED, UPLOADING, Job, JobStore)
+from esxi_watcher.store import (BUILDING, BUILT, FAILED, FINAL_STATES, QUEUED, REGISTERED, UPLOADING,
+                                Job, JobStore)
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ KVM_RECHECK = 600.0
 STORE_RECHECK = 10.0
 STORE_LOCKED_RECHECK = 2.0
 SETUP_RECHECK = 15.0
+SPACE_RECHECK = 10.0  # a job waiting for space in the state dir looks again this often
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 # Signals whose default action would kill the daemon and orphan a running build: noted, ignored.
 IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
@@ -62,6 +64,7 @@ class Daemon:
         self._folder_lock: instance.InstanceLock | None = None
         self._signals_received: list[int] = []  # noted by the handlers, acted on by the main loop
         self._store_notice: str | None = None  # a broken store moved aside: said until the next restart
+        self.mover = outcomes.Mover(config.drop_dir)
 
     # ----- life cycle -------------------------------------------------------------------------
 
@@ -221,7 +224,8 @@ class Daemon:
 
     def _main_loop(self, watcher) -> None:
         intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event,
-                        heartbeat=self._heartbeat)
+                        heartbeat=self._heartbeat, name_template=self.config.maas.name_template,
+                        mover=self.mover)
         next_rescan = time.monotonic() + self.config.watch.rescan_interval
         next_setup_check = 0.0
         while not self.stop_event.is_set():
@@ -231,9 +235,10 @@ class Daemon:
             watcher.ensure_watching()
             if time.monotonic() >= next_rescan:
                 watcher.request_rescan("periodic reconcile")
+                self._finish_moves()
                 next_rescan = time.monotonic() + self.config.watch.rescan_interval
             watcher.rescan_if_requested()
-            known = set(self.store.identities_in_drop_dir())
+            known = set(self.store.identities_in_drop_dir(self.config.drop_dir))
             for path in watcher.ready(known):
                 if self.stop_event.is_set():
                     break
@@ -311,14 +316,13 @@ class Daemon:
         self._remove_orphan_workdirs()
 
     def _finish_move(self, job: Job) -> None:
-        path = Path(job.iso_path)
-        if path.parent != self.config.drop_dir or not os.path.lexists(path):
-            return
-        outcome = {REGISTERED: outcomes.DONE, DUPLICATE: outcomes.DONE, FAILED: outcomes.FAILED,
-                   REJECTED: outcomes.REJECTED}[job.state]
-        reason = job.error if job.state != REGISTERED else None
-        moved = outcomes.move_to_outcome(self.config.drop_dir, path, outcome, job.id, reason)
-        self.store.update(job.id, iso_path=str(moved))
+        """Move a finished job's ISO to its outcome folder; one that cannot move stays, logged once."""
+        self.mover.finish(self.store, job)
+
+    def _finish_moves(self) -> None:
+        """Moves that failed before (or that the store could not record) are tried again."""
+        for job in self.store.jobs(FINAL_STATES):
+            self._finish_move(job)
 
     def _remove_orphan_workdirs(self) -> None:
         """Remove the work dirs of ours no job keeps; anything else in work/ is not ours to delete."""
@@ -371,6 +375,10 @@ class Daemon:
             self.activity["builder"] = f"waiting: {waiting}"
             store.update(job.id, stage="waiting for KVM", error=waiting, next_try=time.time() + KVM_RECHECK)
             return
+        shortage = self._space_shortage(job)
+        if shortage:
+            self._wait_for_space(job, shortage)
+            return
         workdir = self._workdir(job.id)
         log_path = self.config.logs_dir / f"{job.id}.log"
         attempts = job.build_attempts + 1
@@ -381,6 +389,7 @@ class Daemon:
         self._clean_host()
         monitor = self._monitor(job, workdir, started)
         self._running_build = monitor
+        failure = None
         try:
             artifact = build.run_build(
                 job_id=self._marker(job.id), template_dir=self.config.build.template_dir,
@@ -390,17 +399,35 @@ class Daemon:
                 on_line=monitor.packer_line,
                 on_start=lambda pid: store.update(job.id, pgid=pid),
                 stop_event=self.stop_event)
-        except BuildFailed as failure:
-            self._running_build = None
-            self._build_failed(store.get(job.id), failure, monitor.explain(str(failure)))
-        else:
-            store.update(job.id, state=BUILT, stage="built", artifact=str(artifact), pgid=None,
-                         error=None, next_try=0)
-            log.info("build.finished", job=job.id, iso=job.iso, artifact=str(artifact),
-                     minutes=round((time.monotonic() - started) / 60, 1))
+        except BuildFailed as error:
+            failure = error
         finally:
             self._running_build = None
             self.activity.pop("builder", None)
+        if failure is not None:
+            self._build_failed(store.get(job.id), failure, monitor.explain(str(failure)))
+            return
+        store.update(job.id, state=BUILT, stage="built", artifact=str(artifact), pgid=None,
+                     error=None, next_try=0)
+        log.info("build.finished", job=job.id, iso=job.iso, artifact=str(artifact),
+                 minutes=round((time.monotonic() - started) / 60, 1))
+
+    def _space_shortage(self, job: Job) -> str | None:
+        """Why the state dir cannot hold this job's build now, or None (see build.space_needed)."""
+        needed = build.space_needed(self.config.build.template_dir, job.size or 0)
+        free = shutil.disk_usage(self.config.state_dir).free
+        if free >= needed:
+            return None
+        return (f"no space left in the state dir {self.config.state_dir}: {human_size(free)} free, "
+                f"a build needs about {human_size(needed)} (the ISO and the template's disk)")
+
+    def _wait_for_space(self, job: Job, reason: str, build_tail: str | None = None) -> None:
+        """Keep the job in line until there is space: disk space is not the ISO's fault, nor counted."""
+        self.activity["builder"] = f"waiting for space: {reason}"
+        error = reason if build_tail is None else f"{reason}\n{build_tail}"
+        self.store.update(job.id, state=QUEUED, stage=f"waiting for space: {reason}", error=error, pgid=None,
+                          next_try=time.time() + SPACE_RECHECK)
+        log.warning("build.waiting_for_space", job=job.id, iso=job.iso, reason=reason)
 
     def _monitor(self, job: Job, workdir: Path, started: float) -> BuildMonitor:
         """Follow the build's stage; the main loop polls it so the console is read during the install."""
@@ -423,6 +450,12 @@ class Daemon:
         if self.stop_event.is_set():
             store.update(job.id, state=QUEUED, stage="interrupted by shutdown", pgid=None,
                          build_attempts=max(job.build_attempts - 1, 0))
+            return
+        if isinstance(failure, BuildOutOfSpace):
+            store.update(job.id, build_attempts=max(job.build_attempts - 1, 0))
+            free = human_size(shutil.disk_usage(self.config.state_dir).free)
+            self._wait_for_space(job, f"the build ran out of space (No space left on device; {free} free in "
+                                      f"the state dir {self.config.state_dir} now)", reason)
             return
         if failure.transient and job.build_attempts <= self.config.build.retries:
             wait = 60.0 * job.build_attempts
@@ -458,9 +491,7 @@ class Daemon:
             self.activity["registrar"] = f"no MAAS API key: see {where}"
             return
         add_secret(api_key)
-        facts = IsoFacts(**job.facts)
-        name = resource_name(self.config.maas.name_template, facts)
-        title = resource_title(self.config.maas.title_template, facts)
+        name, title = self._names(job)
         store.update(job.id, state=UPLOADING, stage="uploading", resource=name,
                      register_attempts=job.register_attempts + 1)
         self.activity["registrar"] = f"uploading {name}"
@@ -478,6 +509,16 @@ class Daemon:
             self._registered(store.get(job.id), registration, api_key)
         finally:
             self.activity.pop("registrar", None)
+
+    def _names(self, job: Job) -> tuple[str, str]:
+        """The MAAS name decided when the job was queued (decided now for a job queued before names
+        were stored) and the title that goes with it."""
+        facts = IsoFacts(**job.facts)
+        name = job.resource or decide_resource(self.store, self.config.maas.name_template, job.facts, job.sha256)
+        title = resource_title(self.config.maas.title_template, facts)
+        if name == distinct_name(resource_name(self.config.maas.name_template, facts), job.sha256):
+            title = distinct_title(title, job.sha256)
+        return name, title
 
     def _run_registration(self, job: Job, api_key: str, name: str, title: str):
         settings = self.config.maas
@@ -518,7 +559,7 @@ class Daemon:
         store = self.store
         store.update(job.id, state=REGISTERED, stage=None, error=None, resource=registration.name,
                      resource_id=registration.resource_id, next_try=0)
-        log.info("register.done", job=job.id, resource=registration.name, resource_id=registration.resource_id,
+        log.info("register.done", job=job.id, iso=job.iso, resource=registration.name, resource_id=registration.resource_id,
                  set_version=registration.set_version, uploaded=registration.uploaded, sha256=registration.sha256)
         self._finish_move(store.get(job.id))
         build.remove_workdir(self._workdir(job.id))

@@ -32,6 +32,10 @@ class BuildFailed(EsxiWatcherError):
         super().__init__(reason)
 
 
+class BuildOutOfSpace(BuildFailed):
+    """The build ran out of disk space ("No space left on device"): the job waits for space."""
+
+
 class BuildStopped(BuildFailed):
     """The build was stopped on purpose (the daemon is shutting down); it did not fail by itself."""
 

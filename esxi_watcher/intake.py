@@ -16,9 +16,10 @@ from typing import Callable
 
 import structlog
 
-from esxi_watcher import outcomes
-from esxi_watcher.iso import inspect_iso
-from esxi_watcher.store import DUPLICATE, QUEUED, REJECTED, JobConflict, JobStore, Job
+from esxi_watcher import checksums, outcomes
+from esxi_watcher.iso import IsoFacts, inspect_iso
+from esxi_watcher.naming import distinct_name, resource_name
+from esxi_watcher.store import DUPLICATE, FAILED, QUEUED, REJECTED, JobConflict, JobStore, Job
 from esxi_watcher.watch import file_identity
 
 log = structlog.get_logger(__name__)
@@ -35,7 +36,7 @@ class Refusal:
     reason: str
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if value < 1024 or unit == "TiB":
@@ -60,15 +61,17 @@ def precheck(status: os.stat_result, max_size: int) -> Refusal | None:
         return Refusal(f"has no read permission (mode {stat.S_IMODE(status.st_mode):04o}): "
                        "chmod a+r it and drop it again")
     if status.st_size > max_size:
-        return Refusal(f"is {_human_size(status.st_size)}, over watch.max_iso_size "
-                       f"({_human_size(max_size)}); raise it if this really is an ESXi ISO")
+        return Refusal(f"is {human_size(status.st_size)}, over watch.max_iso_size "
+                       f"({human_size(max_size)}); raise it if this really is an ESXi ISO")
     return None
 
 
-def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
-              heartbeat: Callable[[], None] | None = None) -> str | None:
-    """Hash an open file from its start; None if asked to stop meanwhile."""
-    digest = hashlib.sha256()
+def digests_of(descriptor: int, algorithms: set[str] | frozenset[str] = frozenset({"sha256"}),
+               stop_event: threading.Event | None = None,
+               heartbeat: Callable[[], None] | None = None) -> dict[str, str] | None:
+    """Hash an open file from its start with every algorithm at once (one read pass); None if asked
+    to stop meanwhile."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
     offset = 0
     while True:
         if stop_event is not None and stop_event.is_set():
@@ -77,22 +80,35 @@ def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
             heartbeat()
         chunk = os.pread(descriptor, _HASH_CHUNK, offset)
         if not chunk:
-            return digest.hexdigest()
-        digest.update(chunk)
+            return {name: value.hexdigest() for name, value in hashes.items()}
+        for value in hashes.values():
+            value.update(chunk)
         offset += len(chunk)
+
+
+def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
+              heartbeat: Callable[[], None] | None = None) -> str | None:
+    """Hash an open file from its start; None if asked to stop meanwhile."""
+    digests = digests_of(descriptor, frozenset({"sha256"}), stop_event, heartbeat)
+    return None if digests is None else digests["sha256"]
 
 
 class Intake:
     def __init__(self, drop_dir: Path, max_size: int, store: JobStore, stop_event: threading.Event,
-                 heartbeat: Callable[[], None] | None = None):
+                 heartbeat: Callable[[], None] | None = None, *, name_template: str | None = None,
+                 mover: outcomes.Mover | None = None):
         self.heartbeat = heartbeat
         self.drop_dir = drop_dir
         self.max_size = max_size
         self.store = store
         self.stop_event = stop_event
+        self.name_template = name_template
+        self.mover = mover or outcomes.Mover(drop_dir)
+        self._checksums_handled: set[str] = set()  # identities of checksum files already used or reported
 
     def take_in(self, path: Path) -> Job | None:
-        """Turn a settled drop-dir entry into a job. Return None when it must settle again."""
+        """Turn a settled drop-dir entry into a job. Return None when it must settle again (or is a
+        checksum file, which is used with its ISO)."""
         try:
             status = os.lstat(path)
         except FileNotFoundError:
@@ -100,6 +116,9 @@ class Intake:
         refusal = precheck(status, self.max_size)
         if refusal:
             return self._reject(path, status, refusal.reason)
+        if checksums.algorithm_of(path.name) and status.st_size <= checksums.MAX_SIZE:
+            self._checksum_file(path, status)
+            return None
         try:
             descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -120,11 +139,33 @@ class Intake:
         if not facts.esxi:
             self._same_file(descriptor, status)
             return self._reject(path, status, f"not an ESXi installer ISO: {facts.reason}")
-        sha256 = sha256_of(descriptor, self.stop_event, self.heartbeat)
-        if sha256 is None:
+        expected = self._expected_digests(path)
+        algorithms = {"sha256"} | {item.algorithm for item in expected}
+        digests = digests_of(descriptor, algorithms, self.stop_event, self.heartbeat)
+        if digests is None:
             return None
         self._same_file(descriptor, status)
-        return self._queue(path, status, sha256, facts.to_dict())
+        mismatch = checksum_mismatch(expected, digests)
+        if mismatch:
+            return self._reject(path, status, mismatch)
+        for item in expected:
+            log.info("checksum.verified", iso=path.name, checksum=item.path.name, algorithm=item.algorithm)
+        return self._queue(path, status, digests["sha256"], facts.to_dict())
+
+    def _expected_digests(self, path: Path) -> list[checksums.Expected]:
+        """The digests the checksum files beside the ISO give it (each such file counts as used)."""
+        expected = []
+        for companion in checksums.companions(self.drop_dir, path.name):
+            identity = outcomes.identity_at(companion)
+            if identity:
+                self._checksums_handled.add(identity)
+            item = checksums.read_expected(companion, path.name)
+            if item is None:
+                log.warning("checksum.unusable", iso=path.name, checksum=companion.name,
+                            reason=f"no {checksums.algorithm_of(companion.name)} digest for this ISO in it")
+            else:
+                expected.append(item)
+        return expected
 
     @staticmethod
     def _same_file(descriptor: int, status: os.stat_result) -> None:
@@ -134,13 +175,23 @@ class Intake:
     def _queue(self, path: Path, status: os.stat_result, sha256: str, facts: dict) -> Job:
         values = dict(iso=path.name, iso_path=str(path), file_identity=file_identity(status),
                       sha256=sha256, size=status.st_size, facts=facts)
+        resource = self._resource_for(facts, sha256)
         try:
-            job = self.store.add(state=QUEUED, **values)
+            job = self.store.add(state=QUEUED, resource=resource, **values)
         except JobConflict as conflict:
             return self._same_content(path, values, conflict.existing)
         log.info("job.queued", job=job.id, iso=path.name, version=facts["version"],
-                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256)
+                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256,
+                 resource=resource)
         return job
+
+    def _resource_for(self, facts: dict, sha256: str) -> str | None:
+        """The MAAS name this ISO's image gets, decided now: the template's, or when another ISO's
+        image holds that name already, the name tagged with this ISO's sha256 (never a silent
+        replacement of what the next deployment installs)."""
+        if self.name_template is None:
+            return None
+        return decide_resource(self.store, self.name_template, facts, sha256)
 
     def _same_content(self, path: Path, values: dict, existing: Job) -> Job:
         if existing.state == QUEUED and not still_in_place(existing):
@@ -148,19 +199,105 @@ class Intake:
             log.info("job.file_moved", job=existing.id, iso=path.name, was=existing.iso)
             return self.store.update(existing.id, iso=values["iso"], iso_path=values["iso_path"],
                                      file_identity=values["file_identity"])
+        if existing.state == FAILED:
+            return self._build_again(existing, values)
         reason = (f"same content (sha256 {values['sha256'][:12]}…) as {existing.iso!r}, job {existing.id} "
                   f"({existing.state}{', ' + existing.resource if existing.resource else ''}): not built twice")
         job = self.store.add(state=DUPLICATE, duplicate_of=existing.id, error=reason, **values)
         log.info("job.duplicate", job=job.id, iso=path.name, duplicate_of=existing.id)
-        moved = outcomes.move_to_outcome(self.drop_dir, path, outcomes.DONE, job.id, reason)
-        return self.store.update(job.id, iso_path=str(moved))
+        return self.mover.finish(self.store, job)
+
+    def _build_again(self, failed: Job, values: dict) -> Job:
+        """The content of a failed job, dropped again (or moved back from failed/): its job goes back
+        in line with this file, its attempts counted anew."""
+        from esxi_watcher.retry import requeue
+
+        old_path = Path(failed.iso_path)
+        job = requeue(self.store, failed, stage="dropped again", iso=values["iso"], iso_path=values["iso_path"],
+                      file_identity=values["file_identity"])
+        note = Path(f"{old_path}{outcomes.REASON_SUFFIX}")
+        if old_path.parent == self.drop_dir / outcomes.FAILED and not os.path.lexists(old_path):
+            note.unlink(missing_ok=True)  # our own note on a failure that is being tried again
+        log.info("job.dropped_again", job=job.id, iso=values["iso"], was=failed.iso, state=job.state)
+        return job
 
     def _reject(self, path: Path, status: os.stat_result, reason: str) -> Job:
         job = self.store.add(state=REJECTED, iso=path.name, iso_path=str(path),
                              file_identity=file_identity(status), size=status.st_size, error=reason)
         log.warning("job.rejected", job=job.id, iso=path.name, reason=reason)
-        moved = outcomes.move_to_outcome(self.drop_dir, path, outcomes.REJECTED, job.id, reason)
-        return self.store.update(job.id, iso_path=str(moved))
+        return self.mover.finish(self.store, job)
+
+    # ----- checksum files that come on their own -----
+
+    def _checksum_file(self, path: Path, status: os.stat_result) -> None:
+        """A checksum file waits for its ISO; if its ISO was taken in already, it joins that job."""
+        identity = file_identity(status)
+        if identity in self._checksums_handled:
+            return
+        names = checksums.iso_names_for(path.name)
+        iso_here = [self.drop_dir / name for name in _entries(self.drop_dir) if name.lower() in names]
+        if iso_here:
+            known = self.store.identities_in_drop_dir(self.drop_dir)
+            jobs = [known[i] for i in map(outcomes.identity_at, iso_here) if i in known]
+            if not jobs:
+                return  # its ISO is still settling: the ISO's intake reads this file
+            job = jobs[0]
+        else:
+            job = self.store.newest_job_named(names)
+        self._checksums_handled.add(identity)
+        if job is None:
+            log.info("checksum.waiting_for_iso", checksum=path.name, iso=" or ".join(names))
+            return
+        self._join(path, job)
+
+    def _join(self, path: Path, job: Job) -> None:
+        expected = checksums.read_expected(path, job.iso)
+        reason = None
+        if expected is None:
+            log.warning("checksum.unusable", job=job.id, checksum=path.name, reason="no digest for the ISO in it")
+        elif expected.algorithm == "sha256" and job.sha256:
+            reason = checksum_mismatch([expected], {"sha256": job.sha256})
+            if reason is None:
+                log.info("checksum.verified", job=job.id, iso=job.iso, checksum=path.name, algorithm="sha256")
+        else:
+            log.info("checksum.not_verified", job=job.id, iso=job.iso, checksum=path.name,
+                     note="the ISO was read before this file came; only a sha256 can be checked afterwards")
+        if reason and self.store.update_if(job.id, QUEUED, state=REJECTED, error=reason, stage=None):
+            log.warning("job.rejected", job=job.id, iso=job.iso, reason=reason)
+            self.mover.finish(self.store, self.store.get(job.id))
+            return
+        if reason:
+            log.error("checksum.mismatch", job=job.id, iso=job.iso, state=job.state, reason=reason)
+        iso_path = Path(job.iso_path)
+        if iso_path.parent != self.drop_dir:  # its ISO is in an outcome folder: the file goes beside it
+            try:
+                outcomes.move_to_outcome(self.drop_dir, path, iso_path.parent.name, job.id,
+                                         reason)
+            except OSError as error:
+                log.error("checksum.not_moved", job=job.id, checksum=path.name, error=str(error))
+
+
+def checksum_mismatch(expected: list[checksums.Expected], digests: dict[str, str]) -> str | None:
+    """Given what checksum files say and the ISO's digests, return the reason it does not match, or None."""
+    for item in expected:
+        actual = digests.get(item.algorithm)
+        if actual is not None and actual != item.digest:
+            return (f"checksum mismatch: {item.path.name} says {item.algorithm} {item.digest}, the ISO's "
+                    f"{item.algorithm} is {actual} (a damaged or different download)")
+    return None
+
+
+def decide_resource(store: JobStore, name_template: str, facts: dict, sha256: str) -> str:
+    """The MAAS name of an ISO's image: the template's, tagged when other content holds it."""
+    name = resource_name(name_template, IsoFacts(**facts))
+    return distinct_name(name, sha256) if store.name_holder(name, sha256) else name
+
+
+def _entries(folder: Path) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def still_in_place(job: Job) -> bool:

@@ -67,3 +67,17 @@ def resource_name(template: str, facts: IsoFacts) -> str:
 
 def resource_title(template: str, facts: IsoFacts) -> str:
     return _render(template, template_fields(facts))
+
+
+def content_tag(sha256: str) -> str:
+    """Given an ISO's sha256, return the tag that tells its image apart: its first 8 hex digits."""
+    return sha256[:8].lower()
+
+
+def distinct_name(name: str, sha256: str) -> str:
+    """Given a MAAS name another ISO's image already holds, return this ISO's own: name-<tag>."""
+    return _check_name(f"{name}-{content_tag(sha256)}")
+
+
+def distinct_title(title: str, sha256: str) -> str:
+    return f"{title} [{content_tag(sha256)}]"

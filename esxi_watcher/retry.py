@@ -1,11 +1,18 @@
-"""`esxi-watcher retry JOB`: put a failed job back in line, at the step that failed."""
+"""`esxi-watcher retry JOB`: put a failed job back in line, at the step that failed.
+
+The ISO is looked for where the job last saw it, then by identity (a rename keeps it) in the drop
+dir and in failed/: an admin may have moved it, or a move may have happened that the store could
+not record.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from esxi_watcher import checksums
 from esxi_watcher.errors import EsxiWatcherError
+from esxi_watcher.outcomes import FAILED as FAILED_FOLDER, REASON_SUFFIX, identity_at, locate
 from esxi_watcher.store import BUILT, FAILED, QUEUED, Job, JobStore
 
 
@@ -17,25 +24,54 @@ def retry_job(store: JobStore, job: Job, drop_dir: Path) -> Job:
     """Given a failed job, queue its registration (if its image is built) or its build again."""
     if job.state != FAILED:
         raise NotRetryable(f"job {job.id} is {job.state}, not failed: nothing to retry")
-    iso_path = _back_to_drop_dir(Path(job.iso_path), drop_dir)
+    found = find_iso(job, drop_dir)
+    iso_path = _back_to_drop_dir(found, drop_dir)
+    _remove_stale_note(Path(job.iso_path))
+    return requeue(store, job, stage="retry requested", iso_path=str(iso_path),
+                   file_identity=identity_at(iso_path))
+
+
+def requeue(store: JobStore, job: Job, *, stage: str, **where: object) -> Job:
+    """Given a failed job, put it back in line at the step that failed, its attempts counted anew;
+    `where` says where its ISO is now (iso_path, file_identity, iso)."""
     if job.failed_stage == "register" and job.artifact and os.path.exists(job.artifact):
-        return store.update(job.id, state=BUILT, stage="retry requested", error=None, next_try=0,
-                            register_attempts=0, iso_path=str(iso_path))
-    return store.update(job.id, state=QUEUED, stage="retry requested", error=None, next_try=0,
-                        build_attempts=0, register_attempts=0, iso_path=str(iso_path), artifact=None)
+        return store.update(job.id, state=BUILT, stage=stage, error=None, failed_stage=None, next_try=0,
+                            register_attempts=0, **where)
+    return store.update(job.id, state=QUEUED, stage=stage, error=None, failed_stage=None, next_try=0,
+                        build_attempts=0, register_attempts=0, artifact=None, **where)
+
+
+def find_iso(job: Job, drop_dir: Path) -> Path:
+    """Where the failed job's ISO is now: its recorded path, or the same file in the drop dir or failed/."""
+    recorded = Path(job.iso_path)
+    found = locate(recorded, job.file_identity, (drop_dir, drop_dir / FAILED_FOLDER))
+    if found is None and os.path.lexists(recorded):
+        found = recorded  # the same name, touched or copied over since: still the admin's ISO
+    if found is None:
+        raise NotRetryable(f"the ISO is no longer at {recorded}, nor (as the same file) in {drop_dir} or "
+                           f"{drop_dir / FAILED_FOLDER}: drop it again instead")
+    return found
 
 
 def _back_to_drop_dir(path: Path, drop_dir: Path) -> Path:
-    """Rename the ISO from failed/ back into the drop dir (same inode, so the job still knows it)."""
+    """Rename the ISO (and its checksum files) back into the drop dir: same inode, so the job still
+    knows it."""
     if path.parent == drop_dir:
         return path
-    if not path.exists():
-        raise NotRetryable(f"the ISO is no longer at {path}: drop it again instead")
     target = drop_dir / path.name
     if os.path.lexists(target):
         raise NotRetryable(f"{target} exists: move it away first")
+    companions = checksums.companions(path.parent, path.name)
     os.rename(path, target)
-    reason = Path(f"{path}.reason.txt")
-    if reason.exists():
-        reason.unlink()  # our own note, not a dropped file
+    for companion in companions:
+        if not os.path.lexists(drop_dir / companion.name):
+            os.rename(companion, drop_dir / companion.name)
+    _remove_stale_note(path)
     return target
+
+
+def _remove_stale_note(path: Path) -> None:
+    """Remove our own reason note beside where the ISO was, once the ISO is no longer there."""
+    note = Path(f"{path}{REASON_SUFFIX}")
+    if path.parent.name == FAILED_FOLDER and not os.path.lexists(path) and note.is_file():
+        note.unlink()

@@ -243,9 +243,37 @@ class JobStore:
             (state, now)).fetchone()
         return self._job(row) if row else None
 
-    def identities_in_drop_dir(self) -> dict[str, Job]:
-        """Map the file identity of every ISO a job still holds at its dropped place to its job."""
-        return {job.file_identity: job for job in self.jobs(ACTIVE_STATES) if job.file_identity}
+    def identities_in_drop_dir(self, drop_dir: Path) -> dict[str, Job]:
+        """Map the file identity of every file a job still holds in the drop dir, whatever its state
+        (a finished job's file stays there when its move failed), to its job."""
+        prefix = str(drop_dir).rstrip("/") + "/"
+        rows = self._execute(  # directly in the drop dir: the prefix, then a name without '/'
+            "SELECT * FROM jobs WHERE file_identity IS NOT NULL AND substr(iso_path, 1, ?) = ? "
+            "AND instr(substr(iso_path, ?), '/') = 0 ORDER BY id",
+            (len(prefix), prefix, len(prefix) + 1)).fetchall()
+        return {job.file_identity: job for job in map(self._job, rows)}
+
+    def name_holder(self, resource: str, sha256: str) -> Job | None:
+        """The live job (not rejected or duplicate) of other content that holds this MAAS name."""
+        row = self._execute(
+            "SELECT * FROM jobs WHERE resource = ? AND sha256 IS NOT ? "
+            "AND state NOT IN ('rejected', 'duplicate') ORDER BY id LIMIT 1", (resource, sha256)).fetchone()
+        return self._job(row) if row else None
+
+    def newest_job_named(self, iso_names: tuple[str, ...]) -> Job | None:
+        """The newest job whose file was dropped under one of these names (compared lower-case)."""
+        named = [job for job in self.jobs() if job.iso.lower() in iso_names]  # Python's lower() knows Unicode
+        return named[-1] if named else None
+
+    def update_if(self, job_id: int, state: str, **values: Any) -> bool:
+        """Update the job only if it is still in this state; return whether it was."""
+        if "state" in values and values["state"] not in STATES:
+            raise ValueError(f"unknown state {values['state']!r}")
+        values["updated"] = time.time()
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        cursor = self._execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id AND state = :expected",
+                               {**values, "job_id": job_id, "expected": state})
+        return cursor.rowcount == 1
 
     def newest_resource(self) -> str | None:
         """The MAAS name of the most recently registered image, if any."""

@@ -239,6 +239,7 @@ class Daemon:
                 next_rescan = time.monotonic() + self.config.watch.rescan_interval
             watcher.rescan_if_requested()
             known = set(self.store.identities_in_drop_dir(self.config.drop_dir))
+            intake.name_template = self.config.maas.name_template  # a SIGHUP may have changed it
             for path in watcher.ready(known):
                 if self.stop_event.is_set():
                     break

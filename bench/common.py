@@ -97,7 +97,7 @@ def run_timed(argv: list[str], **kwargs) -> tuple[float, int]:
         process.returncode = os.waitstatus_to_exitcode(status)
         if process.returncode != 0:
             errors.seek(0)
-            raise RuntimeError(f"{argv[0]} failed ({process.returncode}): "
+            raise RuntimeError(f"{argv[0]} failed ({process.returncode}): {process.args[-1]} "
                                f"{errors.read().decode(errors='replace')[-500:]}")
     return took, usage.ru_maxrss
 

@@ -77,7 +77,7 @@ def upload_libmaas(url: str, key_file: str, name: str, path: str, sha256: str, c
 
     warnings.simplefilter("ignore")
     from maas.client import connect
-    from maas.client.enum import BootResourceFileType
+    from maas.client.viscera.boot_resources import BootResourceFileType
 
     async def run():
         client = await connect(url, apikey=Path(key_file).read_text().strip())
@@ -102,7 +102,7 @@ def _import_first(name: str) -> None:
         import warnings
 
         warnings.simplefilter("ignore")
-        import esxi_watcher.maas, maas.client, maas.client.enum  # noqa: F401
+        import esxi_watcher.maas, maas.client, maas.client.viscera.boot_resources  # noqa: F401
 
 
 def main(argv: list[str]) -> int:

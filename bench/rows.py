@@ -14,8 +14,9 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from bench.common import (GiB, MiB, PYTHON, Figure, cpu_seconds, mb_per_s, median, memory_kib, percentile,
+from bench.common import (GiB, io_counters, MiB, PYTHON, Figure, cpu_seconds, mb_per_s, median, memory_kib, percentile,
                           run_child, run_timed, write_random_file)
 from bench.site import SimulatorProcess, Site, remove
 
@@ -49,19 +50,6 @@ def _events(site: Site) -> list[dict]:
 
 def _when(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
-
-
-def _thread_rchar(pid: int) -> int:
-    """Bytes read by the process's own live threads (not its reaped children, unlike /proc/PID/io)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            for line in (task / "io").read_text().splitlines():
-                if line.startswith("rchar:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
 
 
 # ----- detection latency --------------------------------------------------------------------------
@@ -246,11 +234,14 @@ class _DiscardServer:
 
 
 def _curl_put(url: str, path: Path, headers: dict[str, str] | None = None) -> float:
-    argv = ["curl", "-sS", "-f", "-X", "PUT", "-T", str(path), "-H", "Expect:",
+    """One curl PUT of the whole file; return its wall time. (`-T FILE` appends the file's name to a
+    URL ending in /, hence --request-target.)"""
+    split = urlsplit(url)
+    argv = ["curl", "-sS", "-f", "-T", str(path), "--request-target", split.path, "-H", "Expect:",
             "-H", "Content-Type: application/octet-stream", "-o", "/dev/null"]
     for key, value in (headers or {}).items():
         argv += ["-H", f"{key}: {value}"]
-    return run_timed([*argv, url])[0]
+    return run_timed([*argv, f"{split.scheme}://{split.netloc}/"])[0]
 
 
 def _curl_to_simulator(simulator: SimulatorProcess, path: Path, sha256: str) -> float:
@@ -290,12 +281,12 @@ def upload(ctx: Context) -> list[Figure]:
         sink_seconds = min(_curl_put(sink.url, artifact) for _ in range(2))
     finally:
         sink.close()
-    with SimulatorProcess(ctx.work / "sim-curl") as simulator:
+    with SimulatorProcess(ctx.work / "sim-curl", in_memory=True) as simulator:
         curl_seconds = _curl_to_simulator(simulator, artifact, sha256)
     runs = {}
     for method, path, digest in (("upload-ours", artifact, sha256), ("upload-libmaas", artifact, sha256),
                                  ("upload-ours-small", small_artifact, small_sha256)):
-        with SimulatorProcess(ctx.work / f"sim-{method}") as simulator:
+        with SimulatorProcess(ctx.work / f"sim-{method}", in_memory=True) as simulator:
             runs[method] = run_child([PYTHON, "-m", "bench.probe", method.replace("-small", ""), simulator.url,
                                       str(simulator.key_file), f"esxi/bench-{method}", str(path), digest])
     ours, libmaas = runs["upload-ours"], runs["upload-libmaas"]
@@ -346,22 +337,23 @@ def _artifact_in_the_daemon(ctx: Context, artifact: Path, size: int, baseline: f
     (template / "vmware-esxi.json").write_text(json.dumps({
         "variables": {"vmware_esxi_iso_path": None},
         "builders": [{"type": "file", "name": "qemu", "target": "output-qemu/packer-qemu", "content": "x"}],
-        "post-processors": [{"type": "shell-local", "inline": [f"cp {artifact} vmware-esxi.dd.gz"]}],
+        # a hard link: the "build" reads none of the artifact's bytes, so every read counted is the daemon's
+        "post-processors": [{"type": "shell-local", "inline": [f"ln {artifact} vmware-esxi.dd.gz"]}],
     }))
     from tests.isogen import make_esxi_iso
 
     iso = make_esxi_iso(ctx.work / "artifact-job.iso", salt=os.urandom(8))
-    with SimulatorProcess(ctx.work / "sim-artifact") as simulator:
+    with SimulatorProcess(ctx.work / "sim-artifact", in_memory=True) as simulator:
         site = Site(ctx.work / "artifact-site", simulator, build__template_dir=str(template),
                     build__timeout="10m", watch__settle="0.5s", maas__notify=False).start()
         try:
             site.wait_ready()
             time.sleep(1)
-            before = _thread_rchar(site.pid)
+            before = io_counters(site.pid)["rchar"]
             shutil.copy(iso, site.drop_dir / iso.name)
             _wait(lambda: site.query("SELECT 1 FROM jobs WHERE state = 'registered'"), 600, "the registration",
                   interval=0.2)
-            read = _thread_rchar(site.pid) - before
+            read = io_counters(site.pid)["rchar"] - before
             events = _events(site)
         finally:
             site.stop()

@@ -1,8 +1,13 @@
 """Watch the drop dir and say when a dropped file is complete.
 
 inotify events (through watchdog) and full scans only nominate candidates; a candidate is ready
-once its size and mtime have not changed for the settle period, no event touched it meanwhile, and
-no process holds it open for writing. Nothing here reads file contents or follows symlinks.
+once the file has not changed for the settle period (its own mtime and ctime say when it last did:
+any write, rename or chmod moves them), it is the same file as at the previous look, and no process
+holds it open for writing. Nothing here reads file contents or follows symlinks.
+
+The file's times, not the moment an event arrives, start the settle period: watchdog holds every
+event back while a move out of the drop dir waits 0.5 s for its other half (the daemon moves files
+to done/ and rejected/), so arrival times can lag by that much.
 
 Nothing here polls: a new candidate (or the drop dir itself going away) calls `on_change`, and
 `next_deadline()` says when the earliest candidate can next be judged, so the daemon's loop sleeps
@@ -77,8 +82,7 @@ def _is_writer(pid_dir: Path, descriptor: Path, target: os.stat_result) -> bool:
 @dataclass
 class _Candidate:
     identity: str | None
-    stable_since: float
-    last_event: float
+    stable_since: float  # monotonic time of its last change, from its mtime/ctime
 
 
 class _Nominator(FileSystemEventHandler):
@@ -221,9 +225,7 @@ class DropWatcher:
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
-                self._candidates[path] = _Candidate(None, now, now)
-            else:
-                candidate.last_event = now  # only moves its deadline later: nobody needs waking
+                self._candidates[path] = _Candidate(None, now)
         if candidate is None and announce:
             self.changed()
 
@@ -237,7 +239,7 @@ class DropWatcher:
         with self._lock:
             candidates = list(self._candidates.values())
         deadlines = [time.monotonic() if candidate.identity is None
-                     else max(candidate.stable_since, candidate.last_event) + self.settle
+                     else candidate.stable_since + self.settle
                      for candidate in candidates]
         return min(deadlines, default=None)
 
@@ -266,11 +268,13 @@ class DropWatcher:
             return "known"
         if stat.S_ISDIR(status.st_mode) and not path.name.lower().endswith(".iso"):
             return "ignore"
+        changed = max(status.st_mtime, status.st_ctime)  # wall clock: when it last changed
+        since = min(now, now - (time.time() - changed))
         if identity != candidate.identity:
-            candidate.identity, candidate.stable_since = identity, now
-            return "wait"
-        settled = min(now - candidate.stable_since, now - candidate.last_event) >= self.settle
-        if not settled:
+            candidate.identity, candidate.stable_since = identity, since
+        else:  # a chmod moves only the ctime; a writer seen holding it made us wait from then
+            candidate.stable_since = max(candidate.stable_since, since)
+        if now - candidate.stable_since < self.settle:
             return "wait"
         if stat.S_ISREG(status.st_mode) and open_for_writing(path, self.proc_root):
             candidate.stable_since = now

@@ -30,7 +30,7 @@ class Context:
         return quick if self.quick else full
 
     def label(self, size: int) -> str:
-        return f"{size / GiB:g} GiB" if size >= GiB else f"{size // MiB} MiB"
+        return f"{size / GiB:.1f} GiB" if size >= 0.99 * GiB else f"{round(size / MiB)} MiB"
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.02):
@@ -445,7 +445,8 @@ def history(ctx: Context) -> list[Figure]:
         site.stop()
         results[label] = (ready, status_seconds, rss)
     (empty_ready, empty_status, empty_rss), (ready, status_seconds, rss) = results.values()
-    met = ready < 1 and status_seconds < 1 and rss - empty_rss < 10
+    flat = ready <= empty_ready + 0.1 and status_seconds <= empty_status + 0.1 and rss <= empty_rss + 5
+    met = ready < 1 and status_seconds < 1 and flat
     return [Figure("a long-lived host", "10,000 finished jobs, 1,000 files in done/",
                    f"start-up {ready:.2f} s, status {status_seconds:.2f} s, RSS {rss:.0f} MB",
                    f"empty store: start-up {empty_ready:.2f} s, status {empty_status:.2f} s, RSS {empty_rss:.0f} MB",
@@ -483,21 +484,44 @@ def _fill_history(site: Site, jobs: int, files: int) -> None:
 
 
 def vm_build(ctx: Context) -> list[Figure]:
+    """TCG timings vary by a few % from run to run here: two builds each way, the faster of each."""
     from tests.vm.installer_iso import build_installer_iso
-    from tests.vm.qemu_build import TCG_BUILD_COMMAND, TEMPLATE_DIR
 
     iso = build_installer_iso(ctx.work / "installer.iso")
+    runs = 1 if ctx.quick else 2
+    hand = min(_build_by_hand(ctx, iso) for _ in range(runs))
+    in_daemon = [_build_in_daemon(ctx, iso, number) for number in range(runs)]
+    daemon_seconds, packer = min(in_daemon)
+    over_hand = daemon_seconds / hand - 1
+    return [Figure("build overhead", f"one TCG qemu build (tests/templates/qemu), best of {runs}: the daemon's "
+                   "build step", f"{daemon_seconds:.2f} s (packer in it {packer:.2f} s: "
+                   f"+{(daemon_seconds - packer) * 1000:.0f} ms around it)",
+                   f"packer build by hand: {hand:.2f} s", f"{over_hand * 100:+.1f} % over it",
+                   "≤ 2 % over it", over_hand <= 0.02)]
+
+
+def _build_by_hand(ctx: Context, iso: Path) -> float:
+    from tests.vm.qemu_build import TCG_BUILD_COMMAND, TEMPLATE_DIR
+
     by_hand = ctx.work / "vm-by-hand"
     remove(by_hand)
     by_hand.mkdir(parents=True)
     for folder in (TEMPLATE_DIR, TEMPLATE_DIR.parent / "scripts"):
         shutil.copytree(folder, by_hand / folder.name, symlinks=True)
     argv = [part.replace("{iso}", str(iso)) for part in TCG_BUILD_COMMAND]
-    hand_seconds = run_timed(argv, cwd=str(by_hand / TEMPLATE_DIR.name),
-                             env={**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"})[0]
-    remove(by_hand)
-    with SimulatorProcess(ctx.work / "sim-vm") as simulator:
-        site = Site(ctx.work / "vm-site", simulator, build__template_dir=str(TEMPLATE_DIR),
+    try:
+        return run_timed(argv, cwd=str(by_hand / TEMPLATE_DIR.name),
+                         env={**os.environ, "PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"})[0]
+    finally:
+        remove(by_hand)
+
+
+def _build_in_daemon(ctx: Context, iso: Path, number: int) -> tuple[float, float]:
+    """Return (the daemon's build step, packer's part of it) from the daemon's log."""
+    from tests.vm.qemu_build import TCG_BUILD_COMMAND, TEMPLATE_DIR
+
+    with SimulatorProcess(ctx.work / f"sim-vm-{number}") as simulator:
+        site = Site(ctx.work / f"vm-site-{number}", simulator, build__template_dir=str(TEMPLATE_DIR),
                     build__command=list(TCG_BUILD_COMMAND), build__timeout="5m", maas__notify=False).start()
         try:
             site.wait_ready()
@@ -511,15 +535,7 @@ def vm_build(ctx: Context) -> list[Figure]:
     built = next(_when(e) for e in events if e.get("event") == "build.finished" and "minutes" in e)
     started = [_when(e) for e in events if e.get("event") == "process.started"]
     finished = [_when(e) for e in events if e.get("event") == "process.finished"]
-    packer = max(finished) - min(started)
-    daemon_seconds = built - building
-    over_hand = daemon_seconds / hand_seconds - 1
-    figure = Figure("build overhead", "one TCG qemu build (tests/templates/qemu): the daemon's build step",
-                    f"{daemon_seconds:.2f} s (packer in it {packer:.2f} s: "
-                    f"+{(daemon_seconds - packer) * 1000:.0f} ms around it)",
-                    f"packer build by hand: {hand_seconds:.2f} s", f"{over_hand * 100:+.1f} % over it",
-                    "≤ 2 % over it", over_hand <= 0.02)
-    return [figure]
+    return built - building, max(finished) - min(started)
 
 
 ROWS = {

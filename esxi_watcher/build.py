@@ -22,6 +22,8 @@ Which failures are worth retrying (BuildFailed.transient):
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import os
 import re
 import shutil
@@ -44,6 +46,7 @@ BUILD_ENVIRONMENT = {"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
 JOB_MARKER = "ESXI_WATCHER_JOB"  # in every build process's environment: crash recovery finds them
 REASON_LINES = 50  # what an operator needs to see why a build failed
 _GZIP_MAGIC = b"\x1f\x8b"
+SHA256_SUFFIX = ".sha256"  # beside the artifact: its sha256 as the check computed it
 _CHUNK = 1 << 20
 _TRANSIENT_MARKERS = (
     "qemu-nbd", "/dev/nbd", "nbd device", "nbdfuse",
@@ -299,27 +302,80 @@ def _tail_of_log(log_path: Path) -> list[str]:
     return [line for line in text.splitlines() if not line.startswith("=== ")]
 
 
-def check_artifact(path: Path) -> None:
-    """Given the build's artifact, raise BuildFailed unless it is a complete, intact gzip.
+def check_artifact(path: Path) -> str:
+    """Given the build's artifact, raise BuildFailed unless it is a complete, intact gzip; return its
+    sha256, hashed in the same pass and recorded beside it (artifact_sha256 reads it back).
 
     Decompresses the whole stream in chunks (so the CRC and length in each member's trailer are
-    checked) without holding it in memory.
+    checked) without holding it in memory, and reads each byte of the file once.
     """
     try:
-        with open(path, "rb") as raw:
-            if raw.read(2) != _GZIP_MAGIC:
+        with open(path, "rb", buffering=0) as raw:
+            if os.pread(raw.fileno(), 2, 0) != _GZIP_MAGIC:
                 raise BuildFailed(f"artifact {path} is not a gzip file")
-            raw.seek(0)
-            with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+            hashing = _HashingReader(raw)
+            with gzip.GzipFile(fileobj=io.BufferedReader(hashing, _CHUNK), mode="rb") as stream:
                 buffer = bytearray(_CHUNK)
                 while stream.readinto(buffer):
                     pass
+            sha256 = hashing.digest.hexdigest()
+            _record_sha256(path, os.fstat(raw.fileno()), sha256)
+            return sha256
     except FileNotFoundError as error:
         raise BuildFailed(f"artifact {path} was not written") from error
     except EOFError as error:
         raise BuildFailed(f"artifact {path} is truncated (the gzip stream ends early)") from error
     except (OSError, zlib.error) as error:  # gzip.BadGzipFile (CRC, length) is an OSError
         raise BuildFailed(f"artifact {path} is damaged: {error}") from error
+
+
+def artifact_sha256(path: Path) -> str:
+    """Given a built artifact, return its sha256: the one check_artifact recorded when the file is
+    unchanged since (same inode, size and mtime), else hashed now."""
+    path = Path(path)
+    with open(path, "rb", buffering=0) as raw:
+        status = os.fstat(raw.fileno())
+        try:
+            recorded = (path.parent / (path.name + SHA256_SUFFIX)).read_text().split()
+        except (OSError, UnicodeDecodeError):
+            recorded = []
+        if recorded[1:] == _identity(status):
+            return recorded[0]
+        hashing = _HashingReader(raw)
+        buffer = bytearray(_CHUNK)
+        while hashing.readinto(buffer):
+            pass
+        return hashing.digest.hexdigest()
+
+
+class _HashingReader(io.RawIOBase):
+    """A file's bytes, hashed as they are read."""
+
+    def __init__(self, raw: io.RawIOBase):
+        self.raw = raw
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.raw.readinto(buffer)
+        if count:
+            self.digest.update(memoryview(buffer)[:count])
+        return count
+
+
+def _identity(status: os.stat_result) -> list[str]:
+    return [str(status.st_size), str(status.st_mtime_ns), str(status.st_ino)]
+
+
+def _record_sha256(path: Path, status: os.stat_result, sha256: str) -> None:
+    """Keep the sha256 beside the artifact, with what identifies the file it belongs to."""
+    record = path.parent / (path.name + SHA256_SUFFIX)
+    try:
+        record.write_text(" ".join([sha256, *_identity(status)]) + "\n")
+    except OSError as error:  # the upload hashes it again: slower, never wrong
+        log.warning("build.sha256_not_recorded", artifact=str(path), error=error.strerror)
 
 
 def remove_workdir(workdir: Path) -> list[Path]:

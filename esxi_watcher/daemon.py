@@ -23,7 +23,7 @@ from esxi_watcher import build, host, instance, maas, outcomes, sdnotify, store 
 from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config, reloaded
 from esxi_watcher.errors import (BuildFailed, BuildOutOfSpace, ConfigError, EsxiWatcherError, MaasAuthError,
                                  MaasUnavailable, MissingApiKey, StoreNotADatabase, StoreUnavailable)
-from esxi_watcher.intake import Intake, decide_resource, human_size, sha256_of, still_in_place
+from esxi_watcher.intake import Intake, decide_resource, human_size, still_in_place
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import distinct_name, distinct_title, resource_name, resource_title
@@ -34,7 +34,10 @@ from esxi_watcher.store import (BUILDING, BUILT, FAILED, FINAL_STATES, QUEUED, R
 
 log = structlog.get_logger(__name__)
 
-TICK = 0.5
+TICK = 0.5  # how often the main loop looks around while a build or an upload runs (status, console)
+# Idle, the loop and the workers sleep until a write to the store, a new file or a stop wakes them;
+# workers also look at the store this often, for writes by other processes (`esxi-watcher retry`).
+WORKER_RECHECK = 5.0
 NO_KEY_RECHECK = 30.0
 KVM_RECHECK = 600.0
 STORE_RECHECK = 10.0
@@ -116,7 +119,12 @@ class Daemon:
         for number in STOP_SIGNALS:
             signal.signal(number, lambda *_: self.stop())
         for number in (signal.SIGHUP, *IGNORED_SIGNALS):
-            signal.signal(number, lambda number, _frame: self._signals_received.append(number))
+            signal.signal(number, self._note_signal)
+
+    def _note_signal(self, number: int, _frame) -> None:
+        self._signals_received.append(number)
+        if self.store is not None:  # wake the main loop (its condition is reentrant: safe here)
+            self.store.changes.notify()
 
     def _handle_signals(self) -> None:
         """Act on the signals noted since the last turn (logging inside a handler is not safe)."""
@@ -226,9 +234,13 @@ class Daemon:
         intake = Intake(self.config.drop_dir, self.config.watch.max_iso_size, self.store, self.stop_event,
                         heartbeat=self._heartbeat, name_template=self.config.maas.name_template,
                         mover=self.mover)
+        changes = self.store.changes
+        watcher.on_change = changes.notify
+        threading.Thread(target=self._relay_stop, name="stop-relay", daemon=True).start()
         next_rescan = time.monotonic() + self.config.watch.rescan_interval
         next_setup_check = 0.0
         while not self.stop_event.is_set():
+            seen = changes.generation
             if time.monotonic() >= next_setup_check:
                 self.setup_problems = self._setup_problems()
                 next_setup_check = time.monotonic() + SETUP_RECHECK
@@ -256,7 +268,27 @@ class Daemon:
             self._handle_signals()
             self._notify()
             self._heartbeat()
-            self.stop_event.wait(TICK)
+            changes.wait(seen, self._until_next_look(watcher, min(next_rescan, next_setup_check)))
+
+    def _until_next_look(self, watcher, next_chore: float) -> float:
+        """Seconds the main loop may sleep: until the earliest settle deadline, chore or watchdog ping;
+        at most TICK while a build or upload runs (its console and progress go to the status line)."""
+        now = time.monotonic()
+        wake = next_chore
+        deadline = watcher.next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline)
+        if self._ping_every:
+            wake = min(wake, self._last_ping + self._ping_every)
+        if self.activity or self._running_build is not None:
+            wake = min(wake, now + TICK)
+        return max(0.0, wake - now)
+
+    def _relay_stop(self) -> None:
+        """Wake every sleeper (main loop, workers) once a stop is asked for: they sleep on the store's
+        changes, not on stop_event."""
+        self.stop_event.wait()
+        self.store.changes.notify()
 
     def _setup_problems(self) -> list[str]:
         """What the admin still has to set up, for the status line (the daemon runs meanwhile)."""
@@ -341,10 +373,14 @@ class Daemon:
     # ----- building ---------------------------------------------------------------------------
 
     def _take_next(self, state: str, handle) -> None:
-        """One turn of a worker: handle the next due job in this state, or wait a second."""
+        """One turn of a worker: handle the next due job in this state, or sleep until a write to the
+        store, the earliest retry in this state, or WORKER_RECHECK (writes by other processes)."""
+        changes = self.store.changes
+        seen = changes.generation
         job = self.store.next_due(state)
         if job is None:
-            self.stop_event.wait(1)
+            due = self.store.next_try_in(state)
+            changes.wait(seen, WORKER_RECHECK if due is None else min(max(due, 0.05), WORKER_RECHECK))
             return
         try:
             handle(job)
@@ -608,11 +644,8 @@ class Daemon:
 
 
 def _sha256_file(path: str) -> str:
-    descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return sha256_of(descriptor)
-    finally:
-        os.close(descriptor)
+    """The artifact's sha256, as the build's check recorded it in its single read of the file."""
+    return build.artifact_sha256(Path(path))
 
 
 def _stem(name: str) -> str:

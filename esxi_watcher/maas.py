@@ -45,6 +45,12 @@ from esxi_watcher.errors import (
 log = structlog.get_logger(__name__)
 
 FILETYPE = "ddgz"
+# Bytes per chunk PUT. Each PUT costs MAAS a request (OAuth check, database transaction, sync
+# record), so 4 MiB chunks (the MAAS CLI's) spend more time per request than moving bytes. MAAS sets
+# no request size limit (Django's DATA_UPLOAD_MAX_MEMORY_SIZE = None, for images) but holds one PUT's
+# body in memory: 64 MiB keeps that modest. Each chunk is streamed from the file in READ_SIZE pieces.
+CHUNK_SIZE = 64 << 20
+READ_SIZE = 1 << 20
 RETRY_MULTIPLIER = 5.0  # waits of 5, 10, 20, 40 ... seconds, capped at retry_max_wait
 TOO_MUCH_DATA = "Too much data received."
 FRESH_STARTS = 2  # `Too much data received.` answers absorbed per registration (MAAS 3.8 needs one)
@@ -359,9 +365,12 @@ class _Client:
             trace_configs=[_single_send_trace()],
         )
 
-    async def put_chunk(self, http: aiohttp.ClientSession, upload_url: str, chunk: bytes) -> None:
-        """Send one chunk once, signed afresh (a new OAuth nonce for every request)."""
-        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(chunk))}
+    async def put_chunk(self, http: aiohttp.ClientSession, upload_url: str, chunk: Any,
+                        length: int | None = None) -> None:
+        """Send one chunk once, signed afresh (a new OAuth nonce for every request): bytes, or an async
+        iterator of pieces streamed from the file, `length` bytes in all."""
+        length = len(chunk) if length is None else length
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(length)}
         sign(upload_url, headers, self.credentials)
         try:
             async with http.put(upload_url, data=chunk, headers=headers,
@@ -521,24 +530,33 @@ class _Registrar:
 
     async def _upload(self, client: _Client, resource_id: int, upload_uri: str) -> None:
         upload_url = urljoin(client.api_url, upload_uri)
-        loop = asyncio.get_running_loop()
         sent, next_log = 0, 0.0
         self._report(0.0)
         async with client.upload_session() as http:
-            with self.artifact.open("rb") as stream:
+            with self.artifact.open("rb", buffering=0) as stream:
                 while sent < self.size:
-                    chunk = await loop.run_in_executor(None, stream.read, min(self.chunk_size, self.size - sent))
-                    if not chunk:
-                        raise MaasError(f"{self.artifact} is shorter than the {self.size} bytes registered")
-                    await client.put_chunk(http, upload_url, chunk)
-                    sent += len(chunk)
-                    self.bytes_sent += len(chunk)
-                    self._report(sent / self.size)
+                    length = min(self.chunk_size, self.size - sent)
+                    await client.put_chunk(http, upload_url, self._pieces(stream, sent, length), length)
+                    sent += length
+                    self.bytes_sent += length
+                    self._report(sent / self.size)  # what MAAS has acknowledged
                     if sent / self.size >= next_log or sent == self.size:
                         log.info("maas.upload.progress", name=self.name, resource=resource_id, bytes=sent,
                                  percent=round(100 * sent / self.size, 1))
                         next_log = sent / self.size + 0.1
         log.info("maas.upload.done", name=self.name, resource=resource_id, bytes=sent)
+
+    async def _pieces(self, stream: Any, offset: int, length: int):
+        """Yield `length` bytes of the artifact from `offset`, READ_SIZE at a time: a chunk is never
+        held whole in memory. Reading ahead in a thread keeps the loop free while the disk works."""
+        loop = asyncio.get_running_loop()
+        end = offset + length
+        while offset < end:
+            piece = await loop.run_in_executor(None, stream.read, min(READ_SIZE, end - offset))
+            if not piece:
+                raise MaasError(f"{self.artifact} is shorter than the {self.size} bytes registered")
+            offset += len(piece)
+            yield piece
 
     def _report(self, fraction: float) -> None:
         if self.progress is not None:
@@ -609,7 +627,7 @@ class _Registrar:
 async def register_image(*, url: str, api_key: str, name: str, title: str, architecture: str, artifact: Path,
                          sha256: str, size: int, progress: Callable[[float], None] | None = None,
                          on_retry: Callable[[str, float], None] | None = None, request_timeout: float = 120,
-                         retries: int = 8, retry_max_wait: float = 600, chunk_size: int = 4 << 20,
+                         retries: int = 8, retry_max_wait: float = 600, chunk_size: int = CHUNK_SIZE,
                          complete_timeout: float = 600, poll_interval: float = 2) -> Registration:
     """Make MAAS hold `artifact` as the newest complete set of boot resource (name, architecture).
 

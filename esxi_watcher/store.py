@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated       REAL NOT NULL
 );
 -- One live job per ISO content: the same bytes under another name become a duplicate.
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, next_try);
 CREATE UNIQUE INDEX IF NOT EXISTS one_job_per_content ON jobs(sha256)
     WHERE state NOT IN ('rejected', 'duplicate') AND sha256 IS NOT NULL;
 """
@@ -100,6 +101,26 @@ class JobConflict(Exception):
     def __init__(self, existing: Job):
         self.existing = existing
         super().__init__(f"same content as job {existing.id}")
+
+
+class Changes:
+    """A counter of changes that threads can sleep on instead of polling: every write to the store
+    bumps it, and so can anyone else with news for the daemon's loops (a new file, a stop)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.generation = 0
+
+    def notify(self) -> None:
+        with self._condition:
+            self.generation += 1
+            self._condition.notify_all()
+
+    def wait(self, seen: int, timeout: float | None) -> int:
+        """Sleep until the generation differs from `seen` (or the timeout); return the generation."""
+        with self._condition:
+            self._condition.wait_for(lambda: self.generation != seen, timeout)
+            return self.generation
 
 
 class JobStore:
@@ -160,6 +181,11 @@ class JobStore:
             return StoreUnavailable(f"job store {self.path}: {error}")
         return StoreNotADatabase(self.path, str(error))
 
+    @property
+    def changes(self) -> Changes:
+        """What this process's writers announce; made on first use (dict.setdefault is atomic)."""
+        return self.__dict__.setdefault("_changes", Changes())
+
     def close(self) -> None:
         with self._lock:
             self._connection.close()
@@ -178,7 +204,9 @@ class JobStore:
                 raise self._named(error) from error
             if not sql.startswith("SELECT"):
                 self.write_error = None
-            return cursor
+        if not sql.startswith("SELECT"):
+            self.changes.notify()
+        return cursor
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
@@ -274,6 +302,12 @@ class JobStore:
         cursor = self._execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id AND state = :expected",
                                {**values, "job_id": job_id, "expected": state})
         return cursor.rowcount == 1
+
+    def next_try_in(self, state: str, now: float | None = None) -> float | None:
+        """Seconds until the earliest job in this state is due (0 if one is due now), None if none waits."""
+        now = time.time() if now is None else now
+        row = self._execute("SELECT MIN(next_try) AS due FROM jobs WHERE state = ?", (state,)).fetchone()
+        return None if row is None or row["due"] is None else max(0.0, row["due"] - now)
 
     def newest_resource(self) -> str | None:
         """The MAAS name of the most recently registered image, if any."""

@@ -1,8 +1,17 @@
 """Watch the drop dir and say when a dropped file is complete.
 
 inotify events (through watchdog) and full scans only nominate candidates; a candidate is ready
-once its size and mtime have not changed for the settle period, no event touched it meanwhile, and
-no process holds it open for writing. Nothing here reads file contents or follows symlinks.
+once the file has not changed for the settle period (its own mtime and ctime say when it last did:
+any write, rename or chmod moves them), it is the same file as at the previous look, and no process
+holds it open for writing. Nothing here reads file contents or follows symlinks.
+
+The file's times, not the moment an event arrives, start the settle period: watchdog holds every
+event back while a move out of the drop dir waits 0.5 s for its other half (the daemon moves files
+to done/ and rejected/), so arrival times can lag by that much.
+
+Nothing here polls: a new candidate (or the drop dir itself going away) calls `on_change`, and
+`next_deadline()` says when the earliest candidate can next be judged, so the daemon's loop sleeps
+until then.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -72,8 +82,7 @@ def _is_writer(pid_dir: Path, descriptor: Path, target: os.stat_result) -> bool:
 @dataclass
 class _Candidate:
     identity: str | None
-    stable_since: float
-    last_event: float
+    stable_since: float  # monotonic time of its last change, from its mtime/ctime
 
 
 class _Nominator(FileSystemEventHandler):
@@ -84,7 +93,11 @@ class _Nominator(FileSystemEventHandler):
         for attribute in ("src_path", "dest_path"):
             path = getattr(event, attribute, None)
             if path:
-                self.watcher.nominate(Path(os.fsdecode(path)))
+                path = Path(os.fsdecode(path))
+                if path == self.watcher.drop_dir:  # the drop dir itself was removed or moved
+                    self.watcher.changed()
+                else:
+                    self.watcher.nominate(path)
 
 
 class _OverflowAlarm(logging.Handler):
@@ -115,6 +128,11 @@ class DropWatcher:
         self.rescans: dict[str, int] = {}  # how many full scans, by reason
         self._entries_changed: int | None = None  # the drop dir's mtime at the last check
         self._overflow_alarm = _OverflowAlarm(self)
+        self.on_change: Callable[[], None] | None = None  # called on news: a new candidate, a rescan
+
+    def changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def start(self) -> None:
         logging.getLogger("watchdog").addHandler(self._overflow_alarm)
@@ -177,6 +195,7 @@ class DropWatcher:
     def request_rescan(self, reason: str) -> None:
         with self._lock:
             self._rescan_reason = reason
+        self.changed()
 
     def rescan_if_requested(self) -> None:
         with self._lock:
@@ -193,11 +212,11 @@ class DropWatcher:
             log.warning("watch.scan_failed", drop_dir=str(self.drop_dir), error=error.strerror)
             return 0
         for name in names:
-            self.nominate(self.drop_dir / name)
+            self.nominate(self.drop_dir / name, announce=False)  # the scanning loop looks next anyway
         log.debug("watch.scanned", reason=reason, entries=len(names))
         return len(names)
 
-    def nominate(self, path: Path) -> None:
+    def nominate(self, path: Path, announce: bool = True) -> None:
         if path.parent != self.drop_dir or is_temporary_name(path.name):
             return
         if path.name in OUTCOME_DIRS:
@@ -206,13 +225,23 @@ class DropWatcher:
         with self._lock:
             candidate = self._candidates.get(path)
             if candidate is None:
-                self._candidates[path] = _Candidate(None, now, now)
-            else:
-                candidate.last_event = now
+                self._candidates[path] = _Candidate(None, now)
+        if candidate is None and announce:
+            self.changed()
 
     def pending(self) -> int:
         with self._lock:
             return len(self._candidates)
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time at which ready() may hand out (or must look at) a candidate; None if
+        there is none. A candidate not looked at yet is due now."""
+        with self._lock:
+            candidates = list(self._candidates.values())
+        deadlines = [time.monotonic() if candidate.identity is None
+                     else candidate.stable_since + self.settle
+                     for candidate in candidates]
+        return min(deadlines, default=None)
 
     def ready(self, known_identities: set[str] | frozenset[str] = frozenset()) -> list[Path]:
         """Return the candidates that are complete now, each once; drop vanished and known ones."""
@@ -239,11 +268,13 @@ class DropWatcher:
             return "known"
         if stat.S_ISDIR(status.st_mode) and not path.name.lower().endswith(".iso"):
             return "ignore"
+        changed = max(status.st_mtime, status.st_ctime)  # wall clock: when it last changed
+        since = min(now, now - (time.time() - changed))
         if identity != candidate.identity:
-            candidate.identity, candidate.stable_since = identity, now
-            return "wait"
-        settled = min(now - candidate.stable_since, now - candidate.last_event) >= self.settle
-        if not settled:
+            candidate.identity, candidate.stable_since = identity, since
+        else:  # a chmod moves only the ctime; a writer seen holding it made us wait from then
+            candidate.stable_since = max(candidate.stable_since, since)
+        if now - candidate.stable_since < self.settle:
             return "wait"
         if stat.S_ISREG(status.st_mode) and open_for_writing(path, self.proc_root):
             candidate.stable_since = now

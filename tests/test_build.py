@@ -482,3 +482,27 @@ def test_remove_workdir_reports_what_it_cannot_remove(tmp_path):
     assert left == [workdir / "sub" / "locked"]
     assert workdir.exists()
     shutil.rmtree(workdir)
+
+
+# the artifact's sha256 --------------------------------------------------------------------------
+
+def test_check_artifact_returns_the_sha256_of_the_file_it_read_once(artifact):
+    assert check_artifact(artifact) == hashlib.sha256(artifact.read_bytes()).hexdigest()
+
+
+def test_the_upload_takes_the_sha256_the_check_recorded(artifact):
+    from esxi_watcher.build import SHA256_SUFFIX, artifact_sha256
+
+    digest = check_artifact(artifact)
+    record = artifact.parent / (artifact.name + SHA256_SUFFIX)
+    assert record.read_text().split()[0] == digest
+    record.write_text(record.read_text().replace(digest, "f" * 64))  # proves it is read, not recomputed
+    assert artifact_sha256(artifact) == "f" * 64
+
+
+def test_an_artifact_changed_after_its_check_is_hashed_again(artifact):
+    from esxi_watcher.build import artifact_sha256
+
+    check_artifact(artifact)
+    artifact.write_bytes(gzip.compress(b"another disk"))
+    assert artifact_sha256(artifact) == hashlib.sha256(artifact.read_bytes()).hexdigest()

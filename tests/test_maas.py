@@ -516,3 +516,15 @@ def test_a_url_without_a_maas_api_says_so(simulator, artifact):
     url = simulator.url.replace("/MAAS/", "/NotMAAS/")
     with pytest.raises(maas.MaasError, match="no MAAS API at"):
         register(simulator, artifact, url=url)
+
+
+def test_the_default_chunks_are_64_mib_each_sent_once_in_order(simulator, tmp_path):
+    big = Artifact(tmp_path / "big.dd.gz", mib=70)
+    calls = Calls()
+    register(simulator, big, calls=calls, chunk_size=maas.CHUNK_SIZE)
+
+    puts = requests(simulator, "PUT", "/upload/")
+    assert [put["bytes"] for put in puts] == [64 * MiB, big.size - 64 * MiB]
+    assert all(put["status"] == 200 for put in puts)
+    assert simulator.file_bytes(NAME) == big.data
+    assert calls.progress == [0.0, 64 * MiB / big.size, 1.0]  # what MAAS acknowledged, chunk by chunk

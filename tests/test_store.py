@@ -36,3 +36,22 @@ def test_state_survives_reopening_and_due_order(tmp_path):
     assert reopened.counts() == {QUEUED: 1, BUILT: 1}
     with pytest.raises(ValueError):
         reopened.update(job.id, state="exploded")
+
+
+def test_every_write_wakes_whoever_waits_for_changes(tmp_path):
+    import threading
+    import time
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    seen = store.changes.generation
+    store.jobs()  # a read is no news
+    assert store.changes.wait(seen, timeout=0.01) == seen
+    woke = []
+    waiter = threading.Thread(target=lambda: woke.append(store.changes.wait(seen, timeout=10)))
+    waiter.start()
+    started = time.monotonic()
+    job = store.add(state=QUEUED, iso="a.iso", iso_path="/d/a.iso", sha256="3" * 64)
+    waiter.join(timeout=10)
+    assert woke and woke[0] != seen and time.monotonic() - started < 5
+    store.update(job.id, next_try=time.time() + 100)
+    assert 90 < store.next_try_in(QUEUED) <= 100 and store.next_try_in(BUILT) is None

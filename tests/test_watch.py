@@ -162,3 +162,28 @@ def test_inotify_queue_overflow_is_healed_by_a_full_rescan(tmp_path):
         watching.stop()
     assert {path.name for _, path in found} == names
     assert sum(watching.rescans.values()) >= 2  # start-up, then the healing one(s)
+
+
+def test_settle_runs_from_the_files_own_change_time_and_wakes_the_loop(watcher, tmp_path):
+    """watchdog delivers events up to 0.5 s late behind a move out of the drop dir (the daemon moves
+    files to done/): the file must still be handed out one settle period after it was written."""
+    woken = []
+    watcher.on_change = lambda: woken.append(time.monotonic())
+    (watcher.drop_dir / "done").mkdir()
+    leaving = watcher.drop_dir / "leaving.iso"
+    leaving.write_bytes(b"l")
+    collect(watcher, SETTLE + 0.3)
+    os.rename(leaving, watcher.drop_dir / "done" / "leaving.iso")
+    target = watcher.drop_dir / "new.iso"
+    target.write_bytes(b"n" * 1000)
+    written = time.monotonic()
+    deadline = None
+    while time.monotonic() < written + 5:
+        deadline = deadline or watcher.next_deadline()
+        if watcher.ready():
+            break
+        time.sleep(0.01)
+    handed_out = time.monotonic() - written
+    assert SETTLE - 0.05 <= handed_out < SETTLE + 0.3
+    assert woken and deadline is not None
+    assert watcher.next_deadline() is None  # nothing left to look at: the loop may sleep

@@ -38,6 +38,14 @@ class NoSpace(OSError):
     """The disk is full (a fault the simulator can inject)."""
 
 
+def write_body(stream, data) -> None:
+    """Write a chunk's bytes: bytes, or a body spooled to disk by the HTTP side (write_to)."""
+    if hasattr(data, "write_to"):
+        data.write_to(stream)
+    else:
+        stream.write(data)
+
+
 def sha256_of_path(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
@@ -116,7 +124,7 @@ class SharedAppendStore(SyncedFileStore):
     def write_unrecorded(self, rfile: dict, data: bytes, largefiles: dict) -> None:
         """Bytes that reached the disk while the request failed (crash mid-request)."""
         with open(self.path(rfile), "ab") as stream:
-            stream.write(data)
+            write_body(stream, data)
 
     @staticmethod
     def _append(path: Path, data: bytes, total_size: int, no_space: bool) -> None:
@@ -129,7 +137,7 @@ class SharedAppendStore(SyncedFileStore):
                 stream.close()
                 path.unlink(missing_ok=True)
                 raise NoSpace(28, "No space left on device")
-            stream.write(data)
+            write_body(stream, data)
 
     def serve(self, rfile: dict, largefiles: dict) -> bytes:
         path = self.path(rfile)
@@ -170,7 +178,7 @@ class IncompleteFileStore(SyncedFileStore):
             raise UploadRefused(400, "Too much data received.")
         with open(partial, "r+b") as stream:
             stream.seek(synced)
-            stream.write(data)
+            write_body(stream, data)
         new_synced = synced + len(data)
         if new_synced == total:
             if sha256_of_path(partial) != rfile["sha256"]:
@@ -193,7 +201,7 @@ class IncompleteFileStore(SyncedFileStore):
         if partial.exists() and synced + len(data) <= rfile["size"]:
             with open(partial, "r+b") as stream:
                 stream.seek(synced)
-                stream.write(data)
+                write_body(stream, data)
 
     def serve(self, rfile: dict, largefiles: dict) -> bytes:
         path = self.path(rfile)
@@ -253,7 +261,7 @@ class LargeObjectStore:
         if no_space:
             raise UploadRefused(500, "could not extend file: No space left on device")
         with open(path, "ab") as stream:
-            stream.write(data)
+            write_body(stream, data)
         new_size = current + len(data)
         if new_size == largefile["total_size"] and sha256_of_path(path) != rfile["sha256"]:
             # The transaction rolls back: the large object loses the chunk again.

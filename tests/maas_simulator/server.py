@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 from email.parser import BytesParser
@@ -18,6 +19,57 @@ from .store import ApiError
 
 API = "/MAAS/api/2.0/"
 CONTROL = "/MAAS/_sim/"
+
+
+class UploadBody:
+    """A chunk PUT's bytes: up to IN_MEMORY held in memory, beyond that in an unnamed file of the
+    state dir, so that neither a 64 MiB chunk nor a single multi-GiB PUT is held whole."""
+
+    IN_MEMORY = 16 << 20
+
+    def __init__(self, directory):
+        self.directory = str(directory)
+        self.buffer = bytearray()
+        self.descriptor = None
+        self.length = 0
+
+    def append(self, data) -> None:
+        self.length += len(data)
+        if self.descriptor is None and len(self.buffer) + len(data) <= self.IN_MEMORY:
+            self.buffer += data
+            return
+        if self.descriptor is None:
+            self.descriptor = os.open(self.directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+            self._write_all(self.buffer)
+            self.buffer = bytearray()
+        self._write_all(data)
+
+    def _write_all(self, data) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.descriptor, view):]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def write_to(self, stream) -> None:
+        """Write the whole body to a binary stream."""
+        if self.descriptor is None:
+            stream.write(self.buffer)
+            return
+        block = bytearray(1 << 20)
+        offset = 0
+        while offset < self.length:
+            got = os.preadv(self.descriptor, [block], offset)
+            if not got:
+                break
+            stream.write(memoryview(block)[:got])
+            offset += got
+
+    def close(self) -> None:
+        if self.descriptor is not None:
+            os.close(self.descriptor)
+            self.descriptor = None
 
 
 class RegionHTTPServer(ThreadingHTTPServer):
@@ -110,6 +162,24 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             received += block
         return length, bytes(received)
 
+    def read_upload_body(self) -> tuple[int, "UploadBody"]:
+        """Like read_body, for a chunk PUT: the body goes to disk as it comes (an upload can be GiBs)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            body = UploadBody(self.simulator.state_dir)
+            body.append(self._read_chunked(None))
+            return 0, body
+        length = int(self.headers.get("Content-Length") or 0)
+        body = UploadBody(self.simulator.state_dir)
+        block = bytearray(1 << 20)
+        view = memoryview(block)
+        while len(body) < length:
+            got = self.rfile.readinto(view[: min(length - len(body), len(block))])
+            if not got:
+                self.close_connection = True
+                break
+            body.append(view[:got])
+        return length, body
+
     def _read_chunked(self, limit: int | None) -> bytes:
         received = bytearray()
         while limit is None or len(received) < limit:
@@ -162,13 +232,17 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             return
         faults = self.simulator.faults
         self.call = (self.command, path, split.query)
+        body = b""
         try:
             while (delay := faults.take("delay", self.command, path)) is not None:
                 time.sleep(delay.seconds)
             drop = faults.take("drop", self.command, path)
             if drop is not None:
                 self.drop_connection(drop, path)
-            length, body = self.read_body()
+            if self.command == "PUT" and "/upload/" in path:
+                length, body = self.read_upload_body()
+            else:
+                length, body = self.read_body()
             self.body_length = len(body)
             status_fault = faults.take("status", self.command, path)
             if status_fault is not None:
@@ -186,6 +260,8 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
                 pass
         finally:
             self.log_call()
+            if isinstance(body, UploadBody):
+                body.close()
 
     def drop_connection(self, drop: Fault, path: str) -> None:
         """Read part (or all) of the body, keep what the region would have kept, hang up."""

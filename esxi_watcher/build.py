@@ -35,6 +35,7 @@ from typing import Callable, Sequence
 
 import structlog
 
+from esxi_watcher import procfs
 from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
 from esxi_watcher.process import CommandResult, run_command
 
@@ -439,24 +440,11 @@ def _remove_or_fail(path: Path) -> None:
         raise OSError(f"an earlier copy could not be removed: {', '.join(map(str, left))}")
 
 
-def _mount_points_under(folder: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> set[Path]:
+def _mount_points_under(folder: Path) -> set[Path]:
     """Given a folder, return the mount points at or below it (from the kernel's mount table)."""
-    points = set()
     try:
-        lines = mountinfo.read_text().splitlines()
+        mounts = procfs.read_mounts()
     except OSError:
-        return points
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        point = Path(_unescape_mount_path(fields[4]))
-        if point == folder or point.is_relative_to(folder):
-            points.add(point)
-    return points
-
-
-def _unescape_mount_path(text: str) -> str:
-    """Given a mountinfo path (spaces and such as \\040 octal escapes), return the real path."""
-    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode(
-        "utf-8", errors="surrogateescape")
+        return set()
+    return {mount.mount_point for mount in mounts
+            if mount.mount_point == folder or mount.mount_point.is_relative_to(folder)}

@@ -18,12 +18,6 @@ class ConfigError(EsxiWatcherError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
-class NotEsxiIso(EsxiWatcherError):
-    """The file is not a VMware ESXi installer ISO (the reason says why)."""
-
-    exit_code = 2
-
-
 class BuildFailed(EsxiWatcherError):
     """The Packer build failed; the message carries the last lines of its log."""
 

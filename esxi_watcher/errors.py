@@ -69,14 +69,6 @@ class BadApiKeyFile(EsxiWatcherError):
     exit_code = 2
 
 
-class HostNotClean(EsxiWatcherError):
-    """Leftovers of earlier builds (processes, mounts, /dev/nbdN) could not all be cleared."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("host not clean: " + "; ".join(problems))
-
-
 class StoreUnavailable(EsxiWatcherError):
     """The job store cannot be written (a full or read-only state dir): work waits until it can."""
 

@@ -26,9 +26,7 @@ from pathlib import Path
 import structlog
 
 from esxi_watcher import procfs
-from esxi_watcher.errors import HostNotClean
 from esxi_watcher.process import run_quick
-from esxi_watcher.procfs import Mount
 
 log = structlog.get_logger(__name__)
 
@@ -120,14 +118,10 @@ class EndResult:
 @dataclass
 class CleanupReport:
     processes_ended: list[ProcessInfo] = field(default_factory=list)
-    unmounted: list[Mount] = field(default_factory=list)
+    unmounted: list[procfs.Mount] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     left_alone: list[LeftAlone] = field(default_factory=list)
     failed: list[CleanupFailure] = field(default_factory=list)
-
-    @property
-    def acted(self) -> bool:
-        return bool(self.processes_ended or self.unmounted or self.detached)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -137,10 +131,6 @@ class CleanupReport:
             "left_alone": len(self.left_alone),
             "failed": len(self.failed),
         }
-
-    def raise_if_failed(self) -> None:
-        if self.failed:
-            raise HostNotClean([f"{f.kind} {f.name}: {f.reason}" for f in self.failed])
 
 
 # --- reading /proc ----------------------------------------------------------------------------
@@ -421,7 +411,7 @@ def _nbd_verdict(device: NbdDevice, is_dead: IsDead) -> str | None:
 # --- mounts -----------------------------------------------------------------------------------
 
 
-def nbd_device_of(mount: Mount) -> str | None:
+def nbd_device_of(mount: procfs.Mount) -> str | None:
     """Given a mount of /dev/nbdN or /dev/nbdNpM, return nbdN; None for any other source."""
     match = _NBD_SOURCE.match(mount.source)
     return match.group(1) if match else None
@@ -432,12 +422,12 @@ def _is_at_or_under(path: Path, directory: Path) -> bool:
 
 
 def select_mounts(
-    mounts: Iterable[Mount],
+    mounts: Iterable[procfs.Mount],
     *,
     under: Iterable[Path] = (),
     fuse_under: Iterable[Path] = (),
     nbd_devices: Iterable[str] = (),
-) -> list[Mount]:
+) -> list[procfs.Mount]:
     """Return the mounts at or under `under`, FUSE mounts at or under `fuse_under`, and mounts of
     the given nbd devices (or their partitions), deepest first: the order to unmount them in."""
     under, fuse_under, nbd_devices = list(under), list(fuse_under), set(nbd_devices)
@@ -449,17 +439,6 @@ def select_mounts(
         or (mount.is_fuse and any(_is_at_or_under(mount.mount_point, d) for d in fuse_under))
     ]
     return sorted(chosen, key=lambda m: (len(m.mount_point.parts), m.mount_id), reverse=True)
-
-
-def find_mounts(
-    paths: HostPaths = HostPaths(),
-    *,
-    under: Iterable[Path] = (),
-    fuse_under: Iterable[Path] = (),
-    nbd_devices: Iterable[str] = (),
-) -> list[Mount]:
-    """select_mounts over this host's (or paths.proc_root's) mountinfo."""
-    return select_mounts(procfs.read_mounts(paths.proc_root), under=under, fuse_under=fuse_under, nbd_devices=nbd_devices)
 
 
 # --- running commands -------------------------------------------------------------------------
@@ -479,7 +458,7 @@ def _run(argv: Sequence[str], timeout: float) -> str | None:
     return None
 
 
-def unmount_argvs(mount: Mount, tools: HostTools = HostTools()) -> list[list[str]]:
+def unmount_argvs(mount: procfs.Mount, tools: HostTools = HostTools()) -> list[list[str]]:
     """Given a mount, return the commands to try in turn: lazy for FUSE (its daemon may be dead,
     the mount point then answers ENOTCONN), a plain umount first for a block device."""
     point = os.fspath(mount.mount_point)
@@ -492,7 +471,7 @@ def detach_argv(name: str, paths: HostPaths = HostPaths(), tools: HostTools = Ho
     return [tools.qemu_nbd, "-d", os.fspath(paths.dev_root / name)]
 
 
-def _unmount(mount: Mount, tools: HostTools) -> str | None:
+def _unmount(mount: procfs.Mount, tools: HostTools) -> str | None:
     errors = []
     for argv in unmount_argvs(mount, tools):
         error = _run(argv, tools.timeout)
@@ -626,7 +605,7 @@ def _leave_alone(report: CleanupReport, kind: str, name: str, reason: str, **fie
     emit(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
 
 
-def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, scope: JobScope) -> list[Path]:
+def _dead_job_dirs(mounts: Iterable[procfs.Mount], work_root: Path | None, scope: JobScope) -> list[Path]:
     """Return the work dirs of dead jobs that hold a mount.
 
     Only folders named after a job listed in dead_jobs: a folder in work_root that no job of ours
@@ -643,7 +622,7 @@ def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, scope: JobSc
     return sorted(dirs)
 
 
-def _scratch_dir(mount: Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Path | None:
+def _scratch_dir(mount: procfs.Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Path | None:
     """Given a FUSE mount, return the /tmp/packer-maas-XXXX (or extra) folder it is in, if any."""
     for directory in extra_dirs:
         if _is_at_or_under(mount.mount_point, directory):
@@ -657,7 +636,7 @@ def _scratch_dir(mount: Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Pa
 
 def _unused_scratch_dirs(
     paths: HostPaths,
-    mounts: Iterable[Mount],
+    mounts: Iterable[procfs.Mount],
     extra_dirs: Iterable[Path],
     is_dead: IsDead,
     report: CleanupReport,
@@ -705,7 +684,7 @@ def _names_directory(info: ProcessInfo, directory: Path) -> bool:
     )
 
 
-def _unmount_one(mount: Mount, tools: HostTools, report: CleanupReport) -> None:
+def _unmount_one(mount: procfs.Mount, tools: HostTools, report: CleanupReport) -> None:
     error = _unmount(mount, tools)
     fields = {"mount_point": os.fspath(mount.mount_point), "fstype": mount.fstype, "source": mount.source}
     if error is None:

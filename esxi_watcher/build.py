@@ -35,7 +35,9 @@ from typing import Callable, Sequence
 
 import structlog
 
+from esxi_watcher import procfs
 from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
+from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
 from esxi_watcher.process import CommandResult, run_command
 
 log = structlog.get_logger(__name__)
@@ -43,7 +45,6 @@ log = structlog.get_logger(__name__)
 SCRIPTS_FOLDER = "scripts"
 DEFAULT_ARTIFACT = "vmware-esxi.dd.gz"
 BUILD_ENVIRONMENT = {"PACKER_NO_COLOR": "1", "CHECKPOINT_DISABLE": "1"}
-JOB_MARKER = "ESXI_WATCHER_JOB"  # in every build process's environment: crash recovery finds them
 REASON_LINES = 50  # what an operator needs to see why a build failed
 _GZIP_MAGIC = b"\x1f\x8b"
 SHA256_SUFFIX = ".sha256"  # beside the artifact: its sha256 as the check computed it
@@ -175,7 +176,8 @@ def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | Non
         raise BuildFailed(f"the ISO {iso} is gone")
     template_copy = prepare_workdir(template_dir, workdir, artifact_name=artifact_name)
     commands = build_commands(template_copy, iso, command, workdir)
-    environment = {**BUILD_ENVIRONMENT, JOB_MARKER: job_id}
+    # The marker in every build process's environment: the host clean-up finds them by it.
+    environment = {**BUILD_ENVIRONMENT, JOB_ENVIRONMENT_VARIABLE: job_id}
     deadline = time.monotonic() + timeout
     log.info("build.started", job=job_id, iso=Path(iso).name, workdir=str(workdir),
              commands=len(commands))
@@ -439,24 +441,11 @@ def _remove_or_fail(path: Path) -> None:
         raise OSError(f"an earlier copy could not be removed: {', '.join(map(str, left))}")
 
 
-def _mount_points_under(folder: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> set[Path]:
+def _mount_points_under(folder: Path) -> set[Path]:
     """Given a folder, return the mount points at or below it (from the kernel's mount table)."""
-    points = set()
     try:
-        lines = mountinfo.read_text().splitlines()
+        mounts = procfs.read_mounts()
     except OSError:
-        return points
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 5:
-            continue
-        point = Path(_unescape_mount_path(fields[4]))
-        if point == folder or point.is_relative_to(folder):
-            points.add(point)
-    return points
-
-
-def _unescape_mount_path(text: str) -> str:
-    """Given a mountinfo path (spaces and such as \\040 octal escapes), return the real path."""
-    return text.encode("latin-1").decode("unicode_escape").encode("latin-1").decode(
-        "utf-8", errors="surrogateescape")
+        return set()
+    return {mount.mount_point for mount in mounts
+            if mount.mount_point == folder or mount.mount_point.is_relative_to(folder)}

@@ -18,12 +18,6 @@ class ConfigError(EsxiWatcherError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
-class NotEsxiIso(EsxiWatcherError):
-    """The file is not a VMware ESXi installer ISO (the reason says why)."""
-
-    exit_code = 2
-
-
 class BuildFailed(EsxiWatcherError):
     """The Packer build failed; the message carries the last lines of its log."""
 
@@ -73,14 +67,6 @@ class BadApiKeyFile(EsxiWatcherError):
     """The MAAS API key file is readable by others, unreadable or does not hold a key."""
 
     exit_code = 2
-
-
-class HostNotClean(EsxiWatcherError):
-    """Leftovers of earlier builds (processes, mounts, /dev/nbdN) could not all be cleared."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("host not clean: " + "; ".join(problems))
 
 
 class StoreUnavailable(EsxiWatcherError):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from esxi_watcher.errors import HostNotClean
+from esxi_watcher import procfs
 from esxi_watcher.process import run_quick
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,6 @@ PACKER_MAAS_SCRATCH_PREFIX = "packer-maas-"  # mktemp -d /tmp/packer-maas-XXXX i
 
 _NBD_NAME = re.compile(r"nbd(\d+)\Z")
 _NBD_SOURCE = re.compile(r"/dev/(nbd\d+)(?:p\d+)?\Z")
-_MOUNTINFO_ESCAPE = re.compile(rb"\\([0-7]{3})")
 
 IsDead = Callable[[str | None], bool]  # given a job id (None: not ours), is that job over?
 
@@ -45,7 +44,7 @@ class HostPaths:
     """Where the kernel's trees are; tests point these at prepared trees."""
 
     sys_root: Path = Path("/sys")
-    proc_root: Path = Path("/proc")
+    proc_root: Path = procfs.PROC
     dev_root: Path = Path("/dev")
     tmp_root: Path = Path("/tmp")
 
@@ -90,31 +89,6 @@ class NbdDevice:
 
 
 @dataclass(frozen=True)
-class Mount:
-    """One line of /proc/<pid>/mountinfo, escapes decoded."""
-
-    mount_id: int
-    parent_id: int
-    major_minor: str
-    root: str
-    mount_point: Path
-    options: str
-    fstype: str
-    source: str
-    super_options: str = ""
-
-    @property
-    def is_fuse(self) -> bool:
-        return self.fstype in ("fuse", "fuseblk") or self.fstype.startswith(("fuse.", "fuseblk."))
-
-    @property
-    def nbd_device(self) -> str | None:
-        """Given a mount of /dev/nbdN or /dev/nbdNpM, return nbdN."""
-        match = _NBD_SOURCE.match(self.source)
-        return match.group(1) if match else None
-
-
-@dataclass(frozen=True)
 class LeftAlone:
     """Something found but not touched: kind is process, mount or nbd."""
 
@@ -144,14 +118,10 @@ class EndResult:
 @dataclass
 class CleanupReport:
     processes_ended: list[ProcessInfo] = field(default_factory=list)
-    unmounted: list[Mount] = field(default_factory=list)
+    unmounted: list[procfs.Mount] = field(default_factory=list)
     detached: list[str] = field(default_factory=list)
     left_alone: list[LeftAlone] = field(default_factory=list)
     failed: list[CleanupFailure] = field(default_factory=list)
-
-    @property
-    def acted(self) -> bool:
-        return bool(self.processes_ended or self.unmounted or self.detached)
 
     def counts(self) -> dict[str, int]:
         return {
@@ -162,10 +132,6 @@ class CleanupReport:
             "failed": len(self.failed),
         }
 
-    def raise_if_failed(self) -> None:
-        if self.failed:
-            raise HostNotClean([f"{f.kind} {f.name}: {f.reason}" for f in self.failed])
-
 
 # --- reading /proc ----------------------------------------------------------------------------
 
@@ -173,76 +139,31 @@ class CleanupReport:
 @dataclass(frozen=True)
 class _ProcessView:
     info: ProcessInfo
-    state: str
-
-    @property
-    def alive(self) -> bool:
-        return self.state not in ("Z", "X", "x")
-
-
-def _read_stat(proc_root: Path, pid: int) -> tuple[str, int, int] | None:
-    """Given a pid, return (state, pgid, start time) from its stat, or None if it is gone."""
-    try:
-        text = (proc_root / str(pid) / "stat").read_bytes().decode("utf-8", "replace")
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself hold ") ": fields start after the last one.
-    fields = text[text.rfind(")") + 2 :].split()
-    try:
-        return fields[0], int(fields[2]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _read_job(proc_root: Path, pid: int) -> str | None:
-    """Given a pid, return the job id its environment carries, or None."""
-    try:
-        environ = (proc_root / str(pid) / "environ").read_bytes()
-    except OSError:
-        return None
-    prefix = JOB_ENVIRONMENT_VARIABLE.encode() + b"="
-    for entry in environ.split(b"\0"):
-        if entry.startswith(prefix):
-            return os.fsdecode(entry[len(prefix) :]) or None
-    return None
-
-
-def _read_cmdline(proc_root: Path, pid: int) -> tuple[str, ...]:
-    try:
-        raw = (proc_root / str(pid) / "cmdline").read_bytes()
-    except OSError:
-        return ()
-    return tuple(os.fsdecode(part) for part in raw.split(b"\0") if part)
+    alive: bool
 
 
 def _read_process(proc_root: Path, pid: int) -> _ProcessView | None:
-    stat = _read_stat(proc_root, pid)
+    stat = procfs.read_stat(pid, proc_root)
     if stat is None:
         return None
-    state, pgid, start_time = stat
     info = ProcessInfo(
         pid=pid,
-        pgid=pgid,
-        job_id=_read_job(proc_root, pid),
-        cmdline=_read_cmdline(proc_root, pid),
-        start_time=start_time,
+        pgid=stat.pgid,
+        job_id=procfs.environment_variable(pid, JOB_ENVIRONMENT_VARIABLE, proc_root) or None,
+        cmdline=procfs.command_line(pid, proc_root),
+        start_time=stat.start_time,
     )
-    return _ProcessView(info, state)
+    return _ProcessView(info, stat.alive)
 
 
 def _snapshot(proc_root: Path) -> dict[int, _ProcessView]:
     """Return every process under proc_root, by pid."""
-    processes = {}
     try:
-        names = os.listdir(proc_root)
+        pids = procfs.pids(proc_root)
     except OSError:
         return {}
-    for name in names:
-        if name.isdigit():
-            view = _read_process(proc_root, int(name))
-            if view is not None:
-                processes[view.info.pid] = view
-    return processes
+    views = (_read_process(proc_root, pid) for pid in pids)
+    return {view.info.pid: view for view in views if view is not None}
 
 
 def _own_process_group() -> int:
@@ -330,8 +251,8 @@ def _with_job(info: ProcessInfo, job: str) -> ProcessInfo:
 
 
 def _is_same_living_process(proc_root: Path, info: ProcessInfo) -> bool:
-    stat = _read_stat(proc_root, info.pid)
-    return stat is not None and stat[0] not in ("Z", "X", "x") and stat[2] == info.start_time
+    stat = procfs.read_stat(info.pid, proc_root)
+    return stat is not None and stat.alive and stat.start_time == info.start_time
 
 
 def _send_signal(proc_root: Path, info: ProcessInfo, signal_number: int) -> bool:
@@ -392,8 +313,8 @@ def end_processes(
             log.info("host.process.terminate", pid=info.pid, job=info.job_id, program=info.program)
             signalled.append(info)
             continue
-        stat = _read_stat(paths.proc_root, info.pid)
-        if stat is not None and stat[2] != info.start_time:
+        started = procfs.start_time(info.pid, paths.proc_root)
+        if started is not None and started != info.start_time:
             log.warning("host.process.pid_reused", pid=info.pid, job=info.job_id)
             result.not_ours.append(info)
         else:
@@ -420,17 +341,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _thread_group(proc_root: Path, pid: int) -> int:
-    """Given a task id (the kernel records the thread that runs NBD_DO_IT), return its process."""
-    try:
-        for line in (proc_root / str(pid) / "status").read_text().splitlines():
-            if line.startswith("Tgid:"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return pid
 
 
 def _block_dir(sys_root: Path) -> Path:
@@ -461,7 +371,7 @@ def find_attached_nbd(paths: HostPaths = HostPaths()) -> list[NbdDevice]:
                 processes = _snapshot(paths.proc_root)
             owner = _process_naming(processes, str(paths.dev_root / name))
         else:
-            owner = _read_process(paths.proc_root, _thread_group(paths.proc_root, pid))
+            owner = _read_process(paths.proc_root, procfs.thread_group(pid, paths.proc_root))
         devices.append(_nbd_device(name, size, pid, owner))
     return devices
 
@@ -501,39 +411,10 @@ def _nbd_verdict(device: NbdDevice, is_dead: IsDead) -> str | None:
 # --- mounts -----------------------------------------------------------------------------------
 
 
-def _unescape(field_bytes: bytes) -> str:
-    return os.fsdecode(_MOUNTINFO_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field_bytes))
-
-
-def parse_mountinfo(content: bytes) -> list[Mount]:
-    """Given the bytes of a mountinfo file, return its mounts (proc(5): optional fields end at '-')."""
-    mounts = []
-    for line in content.split(b"\n"):
-        fields = line.split(b" ")
-        if len(fields) < 10:
-            continue
-        try:
-            separator = fields.index(b"-", 6)
-            mounts.append(
-                Mount(
-                    mount_id=int(fields[0]),
-                    parent_id=int(fields[1]),
-                    major_minor=fields[2].decode(),
-                    root=_unescape(fields[3]),
-                    mount_point=Path(_unescape(fields[4])),
-                    options=fields[5].decode(),
-                    fstype=_unescape(fields[separator + 1]),
-                    source=_unescape(fields[separator + 2]),
-                    super_options=_unescape(b" ".join(fields[separator + 3 :])),
-                )
-            )
-        except (ValueError, IndexError):
-            log.warning("host.mountinfo.bad_line", line=line[:200].decode("utf-8", "replace"))
-    return mounts
-
-
-def read_mounts(paths: HostPaths = HostPaths()) -> list[Mount]:
-    return parse_mountinfo((paths.proc_root / "self" / "mountinfo").read_bytes())
+def nbd_device_of(mount: procfs.Mount) -> str | None:
+    """Given a mount of /dev/nbdN or /dev/nbdNpM, return nbdN; None for any other source."""
+    match = _NBD_SOURCE.match(mount.source)
+    return match.group(1) if match else None
 
 
 def _is_at_or_under(path: Path, directory: Path) -> bool:
@@ -541,34 +422,23 @@ def _is_at_or_under(path: Path, directory: Path) -> bool:
 
 
 def select_mounts(
-    mounts: Iterable[Mount],
+    mounts: Iterable[procfs.Mount],
     *,
     under: Iterable[Path] = (),
     fuse_under: Iterable[Path] = (),
     nbd_devices: Iterable[str] = (),
-) -> list[Mount]:
+) -> list[procfs.Mount]:
     """Return the mounts at or under `under`, FUSE mounts at or under `fuse_under`, and mounts of
     the given nbd devices (or their partitions), deepest first: the order to unmount them in."""
     under, fuse_under, nbd_devices = list(under), list(fuse_under), set(nbd_devices)
     chosen = [
         mount
         for mount in mounts
-        if mount.nbd_device in nbd_devices
+        if nbd_device_of(mount) in nbd_devices
         or any(_is_at_or_under(mount.mount_point, d) for d in under)
         or (mount.is_fuse and any(_is_at_or_under(mount.mount_point, d) for d in fuse_under))
     ]
     return sorted(chosen, key=lambda m: (len(m.mount_point.parts), m.mount_id), reverse=True)
-
-
-def find_mounts(
-    paths: HostPaths = HostPaths(),
-    *,
-    under: Iterable[Path] = (),
-    fuse_under: Iterable[Path] = (),
-    nbd_devices: Iterable[str] = (),
-) -> list[Mount]:
-    """select_mounts over this host's (or paths.proc_root's) mountinfo."""
-    return select_mounts(read_mounts(paths), under=under, fuse_under=fuse_under, nbd_devices=nbd_devices)
 
 
 # --- running commands -------------------------------------------------------------------------
@@ -588,7 +458,7 @@ def _run(argv: Sequence[str], timeout: float) -> str | None:
     return None
 
 
-def unmount_argvs(mount: Mount, tools: HostTools = HostTools()) -> list[list[str]]:
+def unmount_argvs(mount: procfs.Mount, tools: HostTools = HostTools()) -> list[list[str]]:
     """Given a mount, return the commands to try in turn: lazy for FUSE (its daemon may be dead,
     the mount point then answers ENOTCONN), a plain umount first for a block device."""
     point = os.fspath(mount.mount_point)
@@ -601,7 +471,7 @@ def detach_argv(name: str, paths: HostPaths = HostPaths(), tools: HostTools = Ho
     return [tools.qemu_nbd, "-d", os.fspath(paths.dev_root / name)]
 
 
-def _unmount(mount: Mount, tools: HostTools) -> str | None:
+def _unmount(mount: procfs.Mount, tools: HostTools) -> str | None:
     errors = []
     for argv in unmount_argvs(mount, tools):
         error = _run(argv, tools.timeout)
@@ -682,7 +552,7 @@ def clean_host(
             _leave_alone(report, "nbd", device.name, reason, pid=device.pid, job=device.owner_job)
 
     try:
-        mounts = read_mounts(paths)
+        mounts = procfs.read_mounts(paths.proc_root)
     except OSError as error:
         report.failed.append(CleanupFailure("mount", "mountinfo", str(error)))
         log.error("host.mountinfo.unreadable", error=str(error))
@@ -735,7 +605,7 @@ def _leave_alone(report: CleanupReport, kind: str, name: str, reason: str, **fie
     emit(f"host.{kind}.left_alone", name=name, reason=reason, **fields)
 
 
-def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, scope: JobScope) -> list[Path]:
+def _dead_job_dirs(mounts: Iterable[procfs.Mount], work_root: Path | None, scope: JobScope) -> list[Path]:
     """Return the work dirs of dead jobs that hold a mount.
 
     Only folders named after a job listed in dead_jobs: a folder in work_root that no job of ours
@@ -752,7 +622,7 @@ def _dead_job_dirs(mounts: Iterable[Mount], work_root: Path | None, scope: JobSc
     return sorted(dirs)
 
 
-def _scratch_dir(mount: Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Path | None:
+def _scratch_dir(mount: procfs.Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Path | None:
     """Given a FUSE mount, return the /tmp/packer-maas-XXXX (or extra) folder it is in, if any."""
     for directory in extra_dirs:
         if _is_at_or_under(mount.mount_point, directory):
@@ -766,7 +636,7 @@ def _scratch_dir(mount: Mount, tmp_root: Path, extra_dirs: Sequence[Path]) -> Pa
 
 def _unused_scratch_dirs(
     paths: HostPaths,
-    mounts: Iterable[Mount],
+    mounts: Iterable[procfs.Mount],
     extra_dirs: Iterable[Path],
     is_dead: IsDead,
     report: CleanupReport,
@@ -814,7 +684,7 @@ def _names_directory(info: ProcessInfo, directory: Path) -> bool:
     )
 
 
-def _unmount_one(mount: Mount, tools: HostTools, report: CleanupReport) -> None:
+def _unmount_one(mount: procfs.Mount, tools: HostTools, report: CleanupReport) -> None:
     error = _unmount(mount, tools)
     fields = {"mount_point": os.fspath(mount.mount_point), "fstype": mount.fstype, "source": mount.source}
     if error is None:
@@ -830,7 +700,7 @@ def _confirm_unmounted(paths: HostPaths, report: CleanupReport) -> None:
     if not report.unmounted:
         return
     try:
-        remaining = {mount.mount_id for mount in read_mounts(paths)}
+        remaining = {mount.mount_id for mount in procfs.read_mounts(paths.proc_root)}
     except OSError:
         return
     for mount in [m for m in report.unmounted if m.mount_id in remaining]:

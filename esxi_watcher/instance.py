@@ -11,6 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
+from esxi_watcher import procfs
 from esxi_watcher.errors import AlreadyRunning
 
 
@@ -20,7 +21,7 @@ class InstanceLock:
     def __init__(self) -> None:
         self._descriptors: list[int] = []
 
-    def claim(self, key: str, folder: Path, proc_root: Path = Path("/proc")) -> None:
+    def claim(self, key: str, folder: Path, proc_root: Path = procfs.PROC) -> None:
         """Lock this folder for this process, or raise AlreadyRunning naming who holds it."""
         # O_CLOEXEC (os.open's default): build processes must not inherit, and so keep, the lock.
         descriptor = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -37,7 +38,7 @@ class InstanceLock:
             os.close(self._descriptors.pop())
 
 
-def claim_folders(folders: list[tuple[str, Path]], proc_root: Path = Path("/proc")) -> InstanceLock:
+def claim_folders(folders: list[tuple[str, Path]], proc_root: Path = procfs.PROC) -> InstanceLock:
     """Lock every (config key, folder) for this process; on a conflict release them all and raise."""
     lock = InstanceLock()
     try:
@@ -49,7 +50,7 @@ def claim_folders(folders: list[tuple[str, Path]], proc_root: Path = Path("/proc
     return lock
 
 
-def describe_holder(folder_stat: os.stat_result, proc_root: Path = Path("/proc")) -> str:
+def describe_holder(folder_stat: os.stat_result, proc_root: Path = procfs.PROC) -> str:
     """Given a locked folder's stat, return 'pid N (command line)' of the process holding its flock."""
     pid = lock_holder(folder_stat, proc_root)
     if pid is None:
@@ -57,34 +58,20 @@ def describe_holder(folder_stat: os.stat_result, proc_root: Path = Path("/proc")
     return f"pid {pid} ({command_line(pid, proc_root)})"
 
 
-def lock_holder(folder_stat: os.stat_result, proc_root: Path = Path("/proc")) -> int | None:
+def lock_holder(folder_stat: os.stat_result, proc_root: Path = procfs.PROC) -> int | None:
     """Return the pid holding an flock on the file with this stat, from /proc/locks, or None."""
-    try:
-        text = (proc_root / "locks").read_text()
-    except OSError:
-        return None
-    exact = f"{os.major(folder_stat.st_dev):02x}:{os.minor(folder_stat.st_dev):02x}:{folder_stat.st_ino}"
-    by_inode = []
-    for line in text.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 4321 08:01:131090 0 EOF"; waiters ("1: -> FLOCK ...") are skipped.
-        if len(fields) < 6 or fields[1] != "FLOCK":
-            continue
-        pid, identity = fields[4], fields[5]
-        if not pid.isdigit():
-            continue
-        if identity == exact:
-            return int(pid)
-        if identity.rsplit(":", 1)[-1] == str(folder_stat.st_ino):
-            by_inode.append(int(pid))
+    device = f"{os.major(folder_stat.st_dev):02x}:{os.minor(folder_stat.st_dev):02x}"
+    flocks = [lock for lock in procfs.read_locks(proc_root)
+              if lock.kind == "FLOCK" and lock.pid is not None and lock.inode == folder_stat.st_ino]
+    for lock in flocks:
+        if lock.device == device:
+            return lock.pid
     # Some file systems (btrfs subvolumes, overlays) show a device number stat() does not.
-    return by_inode[0] if len(by_inode) == 1 else None
+    return flocks[0].pid if len(flocks) == 1 else None
 
 
-def command_line(pid: int, proc_root: Path = Path("/proc")) -> str:
-    try:
-        arguments = (proc_root / str(pid) / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    except OSError:
-        return "command line unreadable"
-    text = " ".join(argument.decode(errors="replace") for argument in arguments)
+def command_line(pid: int, proc_root: Path = procfs.PROC) -> str:
+    """Given a pid, return its command line as one line of text for a message."""
+    arguments = procfs.command_line(pid, proc_root)
+    text = " ".join(os.fsencode(argument).decode(errors="replace") for argument in arguments)
     return text or "command line unreadable"

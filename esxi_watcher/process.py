@@ -24,6 +24,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import structlog
 
+from esxi_watcher.procfs import group_members
+
 log = structlog.get_logger(__name__)
 
 MASK = "********"
@@ -75,27 +77,6 @@ def command_environment(env: Mapping[str, str] | None) -> dict[str, str]:
     merged["LANG"] = "C.UTF-8"
     merged["LC_ALL"] = "C.UTF-8"
     return merged
-
-
-def group_members(pgid: int, proc_root: Path = Path("/proc")) -> list[int]:
-    """Given a process group id, return the pids of its live (not zombie) processes.
-
-    Zombies are left out: they are already dead, and an orphaned zombie waits on whoever reaps
-    orphans here (PID 1 or a subreaper), not on us.
-    """
-    members = []
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # pid (comm) state ppid pgrp ...; comm may hold spaces and parentheses.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
 
 
 def signal_group(pgid: int, signum: int) -> None:

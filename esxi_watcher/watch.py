@@ -29,6 +29,8 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from esxi_watcher import procfs
+
 log = structlog.get_logger(__name__)
 
 OUTCOME_DIRS = ("done", "rejected", "failed")
@@ -46,37 +48,9 @@ def file_identity(status: os.stat_result) -> str:
     return f"{status.st_dev}:{status.st_ino}:{status.st_size}:{status.st_mtime_ns}"
 
 
-def open_for_writing(path: Path, proc_root: Path = Path("/proc")) -> bool:
+def open_for_writing(path: Path, proc_root: Path = procfs.PROC) -> bool:
     """Return whether any process we can see holds this file open for writing."""
-    try:
-        target = os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    for pid_dir in proc_root.iterdir():
-        if not pid_dir.name.isdigit():
-            continue
-        try:
-            descriptors = list((pid_dir / "fd").iterdir())
-        except OSError:
-            continue
-        for descriptor in descriptors:
-            if _is_writer(pid_dir, descriptor, target):
-                return True
-    return False
-
-
-def _is_writer(pid_dir: Path, descriptor: Path, target: os.stat_result) -> bool:
-    try:
-        opened = os.stat(descriptor)
-        if (opened.st_dev, opened.st_ino) != (target.st_dev, target.st_ino):
-            return False
-        info = (pid_dir / "fdinfo" / descriptor.name).read_text()
-    except OSError:
-        return False
-    for line in info.splitlines():
-        if line.startswith("flags:"):
-            return int(line.split()[1], 8) & (os.O_WRONLY | os.O_RDWR) != 0
-    return False
+    return next(procfs.writers(path, proc_root), None) is not None
 
 
 @dataclass
@@ -116,7 +90,7 @@ class _OverflowAlarm(logging.Handler):
 class DropWatcher:
     """Nominates files in the drop dir and hands them out once they are complete."""
 
-    def __init__(self, drop_dir: Path, settle: float, proc_root: Path = Path("/proc")):
+    def __init__(self, drop_dir: Path, settle: float, proc_root: Path = procfs.PROC):
         self.drop_dir = Path(drop_dir)
         self.settle = settle
         self.proc_root = proc_root
@@ -228,10 +202,6 @@ class DropWatcher:
                 self._candidates[path] = _Candidate(None, now)
         if candidate is None and announce:
             self.changed()
-
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._candidates)
 
     def next_deadline(self) -> float | None:
         """The monotonic time at which ready() may hand out (or must look at) a candidate; None if

@@ -20,7 +20,7 @@ from esxi_watcher.build import (
     remove_workdir, run_build,
 )
 from esxi_watcher.errors import BuildFailed, BuildStopped
-from esxi_watcher.process import group_members
+from esxi_watcher.procfs import group_members
 
 TEST_TEMPLATE = Path(__file__).parent / "templates" / "file-builder" / "vmware-esxi"
 PACKER_BUILD = ("packer", "build", "-var", "vmware_esxi_iso_path={iso}")

@@ -18,14 +18,11 @@ import structlog
 
 from esxi_watcher import checksums
 from esxi_watcher.store import DUPLICATE, FAILED as FAILED_STATE, REGISTERED, REJECTED as REJECTED_STATE, Job, JobStore
-from esxi_watcher.watch import file_identity
+from esxi_watcher.watch import OUTCOME_DIRS, file_identity
 
 log = structlog.get_logger(__name__)
 
-DONE = "done"
-REJECTED = "rejected"
-FAILED = "failed"
-OUTCOME_FOLDERS = (DONE, FAILED, REJECTED)
+DONE, REJECTED, FAILED = OUTCOME_DIRS
 OUTCOME_OF_STATE = {REGISTERED: DONE, DUPLICATE: DONE, FAILED_STATE: FAILED, REJECTED_STATE: REJECTED}
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems
@@ -145,7 +142,7 @@ class Mover:
         self._lock = threading.Lock()
 
     def outcome_folders(self) -> list[Path]:
-        return [self.drop_dir / name for name in OUTCOME_FOLDERS]
+        return [self.drop_dir / name for name in OUTCOME_DIRS]
 
     def finish(self, store: JobStore, job: Job) -> Job:
         """Given a finished job, move its file out of the drop dir; return the job as stored."""

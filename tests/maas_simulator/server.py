@@ -328,7 +328,8 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
         method = self.command
         op = query.get("op", [None])[-1]
         parts = endpoint.strip("/").split("/")
-        if op is not None:
+        if op is not None and not (op == "dismiss" and method == "POST" and parts[0] == "notifications"
+                                   and len(parts) == 2):
             raise ApiError(400, "Unrecognised signature: method=%s op=%s" % (method, op))
         form = lambda: parse_form(self.headers.get("Content-Type", ""), body)  # noqa: E731
         if parts == ["boot-resources"]:
@@ -351,7 +352,18 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             if method == "POST":
                 return reply_json(200, store.create_notification(form()))
             if method == "GET":
-                return reply_json(200, store.data["notifications"])
+                return reply_json(200, store.list_notifications())
+        elif parts[0] == "notifications" and len(parts) == 2:
+            if op == "dismiss":
+                store.dismiss_notification(parts[1])
+                return reply(200, "")
+            if method == "GET":
+                return reply_json(200, store.read_notification(parts[1]))
+            if method == "PUT":
+                return reply_json(200, store.update_notification(parts[1], form()))
+            if method == "DELETE":
+                store.delete_notification(parts[1])
+                return reply(204)
         else:
             raise ApiError(404, "Not Found")
         raise ApiError(405, "Method not allowed", "text/plain; charset=utf-8")

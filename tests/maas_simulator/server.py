@@ -244,6 +244,10 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             else:
                 length, body = self.read_body()
             self.body_length = len(body)
+            echo = faults.take("echo", self.command, path)
+            if echo is not None:
+                self.answer(echo.status, self.echoed(echo, split.query), echo.content_type)
+                return
             status_fault = faults.take("status", self.command, path)
             if status_fault is not None:
                 headers = {}
@@ -262,6 +266,14 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             self.log_call()
             if isinstance(body, UploadBody):
                 body.close()
+
+    def echoed(self, echo: Fault, query: str) -> str:
+        """A proxy's error page that shows what it received, credentials included."""
+        target = self.path if not query else "%s (query: %s)" % (self.path, query)
+        lines = [echo.body] if echo.body else []
+        lines += ["Request: %s %s" % (self.command, target),
+                  "Authorization: %s" % self.headers.get("Authorization", "(none)")]
+        return "\n".join(lines)
 
     def drop_connection(self, drop: Fault, path: str) -> None:
         """Read part (or all) of the body, keep what the region would have kept, hang up."""

@@ -621,7 +621,7 @@ class Daemon:
             return
         first_line = (reason.splitlines() or [""])[0]
         self._notify_admins(api_key, f"esxi-watcher could not register {job.resource or job.iso} from {job.iso}: "
-                                     f"{first_line.rstrip('.')}. Then `esxi-watcher retry {job.id}` tries again.",
+                                     f"{first_line.rstrip('.')}. Once fixed, `esxi-watcher retry {job.id}` tries again.",
                             "error", f"esxi-watcher-{job.id}")
 
     # ----- shared -----

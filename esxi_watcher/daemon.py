@@ -619,10 +619,10 @@ class Daemon:
             api_key = maas.read_api_key(self.config.maas.api_key_file)
         except EsxiWatcherError:
             return
-        first_line = (reason.splitlines() or [""])[0]
-        self._notify_admins(api_key, f"esxi-watcher could not register {job.resource or job.iso} from {job.iso}: "
-                                     f"{first_line.rstrip('.')}. Once fixed, `esxi-watcher retry {job.id}` tries again.",
-                            "error", f"esxi-watcher-{job.id}")
+        first_line = (reason.splitlines() or [""])[0].rstrip(".")
+        message = (f"esxi-watcher could not register {job.resource or job.iso} from {job.iso}: {first_line}. "
+                   f"Once fixed, `esxi-watcher retry {job.id}` tries again.")
+        self._notify_admins(api_key, message, "error", f"esxi-watcher-{job.id}")
 
     # ----- shared -----
 

@@ -121,11 +121,20 @@ class Daemon:
             signal.signal(number, lambda *_: self.stop())
         for number in (signal.SIGHUP, *IGNORED_SIGNALS):
             signal.signal(number, self._note_signal)
+        # Python runs handlers in the main thread only, and only once it is back from a blocking
+        # wait; the kernel may hand the signal to any thread. The wakeup fd wakes the main loop.
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        threading.Thread(target=self._relay_signals, args=(read_end,), name="signal-relay", daemon=True).start()
 
     def _note_signal(self, number: int, _frame) -> None:
         self._signals_received.append(number)
-        if self.store is not None:  # wake the main loop (its condition is reentrant: safe here)
-            self.store.changes.notify()
+
+    def _relay_signals(self, read_end: int) -> None:
+        while os.read(read_end, 64):
+            if self.store is not None:
+                self.store.changes.notify()
 
     def _handle_signals(self) -> None:
         """Act on the signals noted since the last turn (logging inside a handler is not safe)."""

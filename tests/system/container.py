@@ -94,11 +94,11 @@ def run_logged(argv: list[str], timeout: float, **kwargs) -> subprocess.Complete
     return result
 
 
-def nspawn_env() -> dict[str, str]:
+def nspawn_env(**extra: str) -> dict[str, str]:
     """Return the environment of systemd-nspawn: the system one, and the unified cgroup hierarchy
     (cgroup v2) in the container whatever the host mounts. Debian 13's systemd refuses cgroup v1
     and unstable's has no support for it left; v2 is also every release's default on real hosts."""
-    return system_env(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1")
+    return system_env(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1", **extra)
 
 
 def ensure_nspawn_runtime_dir() -> bool:
@@ -177,9 +177,9 @@ def install_in_root(root: Path, packages: list[str]) -> None:
         run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "update", "-qq"], timeout=300)
         wanted = []
         for package in packages:
-            candidate = subprocess.run([*nspawn, "apt-cache", "policy", package], capture_output=True,
-                                       text=True, env=system_env()).stdout
-            if package in FROM_HOST_SUITE and ("Candidate: (none)" in candidate or not candidate.strip()):
+            if package in FROM_HOST_SUITE and subprocess.run(
+                    [*nspawn, "apt-cache", "show", "-q", package], stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, env=system_env()).returncode != 0:
                 deb = host_suite_deb(package)
                 shutil.copy2(deb, root / "var/tmp" / deb.name)  # nspawn hides /tmp under a tmpfs
                 print(f"{package}: not in the root's release, installing {deb.name}", flush=True)

@@ -4,8 +4,9 @@ The release's root is debootstrapped once and cached (tests.system.container.cac
 python3, python3-venv and the programs the core tests run (Debian 12's packer where the release has
 none). A venv made by that python3 is cached beside the roots (PyPI's newest versions of our
 dependencies, `pip install -e .[test]`) and installed again only when pyproject.toml changes.
-The tests run in systemd-nspawn (not booted; /proc, /sys, /dev and a /tmp of its own) on a
-throw-away overlay of the root, with this tree bound at /src. pip inside trusts what the host trusts
+The tests run in systemd-nspawn (not booted; /proc, /sys, /dev and a /tmp of its own, /dev/fuse
+bound in, /proc/sys writable as on the host for the inotify queue test) on a throw-away overlay of
+the root, with this tree bound at /src. pip inside trusts what the host trusts
 (the host's CA bundle is bound over the root's, as a TLS-inspecting proxy needs) and gets the host's
 proxy and index settings.
 
@@ -25,9 +26,9 @@ from tests.system.build_debs import CACHE, REPO, install_host_packages
 from tests.system.container import SUITES, cached_root, nspawn_env
 
 # python3 and the programs the core tests run for real (packer, make, qemu-nbd stand-ins' shells,
-# nbdkit/nbdfuse and FUSE for the stale-build cleanup, mtools and fusefat of packer-maas).
+# nbdkit/nbdfuse and FUSE for the stale-build cleanup, mtools and fusefat of packer-maas, chattr).
 PACKAGES = ("python3", "python3-venv", "ca-certificates", "packer", "make", "procps", "qemu-utils",
-            "nbdkit", "libnbd-bin", "fuse3", "fusefat", "mtools", "gzip")
+            "nbdkit", "libnbd-bin", "fuse3", "fusefat", "mtools", "gzip", "e2fsprogs")
 VENV_INSIDE = "/opt/esxi-watcher-venv"
 HOST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 # The host's settings pip inside needs to reach PyPI the same way.
@@ -41,6 +42,8 @@ def nspawn_argv(root, venv) -> list[str]:
             "-D", str(root), "--volatile=overlay", f"--bind={REPO}:/src", f"--bind={venv}:{VENV_INSIDE}", "--chdir=/src",
             "--setenv=LANG=C.UTF-8", "--setenv=PIP_DISABLE_PIP_VERSION_CHECK=1",
             "--setenv=PYTHONDONTWRITEBYTECODE=1"]
+    if os.path.exists("/dev/fuse"):  # the stale-build cleanup tests mount real FUSE file systems
+        argv.append("--bind=/dev/fuse")
     if os.path.isfile(HOST_CA_BUNDLE):
         argv.append(f"--bind-ro={HOST_CA_BUNDLE}")
     argv += [f"--setenv={name}={os.environ[name]}" for name in PASSED_ENVIRONMENT if name in os.environ]
@@ -76,7 +79,7 @@ def run_tests(suite: str, pytest_arguments: list[str]) -> int:
     subprocess.run([*inside, python, "-c", "import sys; print('python:', sys.executable, sys.version)"],
                    check=True, env=nspawn_env())
     return subprocess.run([*inside, python, "-m", "pytest", "-p", "no:cacheprovider", *pytest_arguments],
-                          env=nspawn_env()).returncode
+                          env=nspawn_env(SYSTEMD_NSPAWN_API_VFS_WRITABLE="1")).returncode
 
 
 def main() -> int:

@@ -129,6 +129,11 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
     systemd = container.run(["systemctl", "--version"]).stdout.splitlines()[0]
     print(f"exposure score: {exposure.group(1)} {exposure.group(2)} ({release}, {systemd})")
     assert float(exposure.group(1)) < 6.0
+    # Every directive of the unit is one this release's systemd knows and accepts.
+    verify = container.show(["systemd-analyze", "verify", "--man=no",
+                             "/lib/systemd/system/esxi-watcher.service"],
+                            "systemd-analyze verify esxi-watcher.service")
+    assert "esxi-watcher.service" not in verify, verify
 
     # Point it at the simulator and the test template, restart, wait for READY. A drop-in (as an
     # admin's `systemctl edit`) shortens the watchdog so that missing WATCHDOG=1 pings would show

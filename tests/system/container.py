@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -64,9 +65,12 @@ def host_apt_files() -> list[Path]:
 
 
 def copy_host_apt_config(root: Path) -> None:
-    """Given a container root, give it the host's Acquire:: settings."""
+    """Given a container root, give it the host's Acquire:: settings, under names of their own
+    (read last, so they win) that no package's conffile has: a copied 50appstream made appstream's
+    postinst stop at a conffile question."""
     for path in host_apt_files():
-        target = root / path.relative_to("/")
+        name = "apt.conf.d/zz-host-" + path.name if path.parent.name == "apt.conf.d" else path.name
+        target = root / "etc/apt" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
 
@@ -86,6 +90,7 @@ def run_logged(argv: list[str], timeout: float, **kwargs) -> subprocess.Complete
     """Run argv (system PATH), raise ContainerError with the output's tail when it fails."""
     print("+", " ".join(argv), flush=True)
     kwargs.setdefault("env", system_env(DEBIAN_FRONTEND="noninteractive"))
+    kwargs.setdefault("stdin", subprocess.DEVNULL)  # a question fails at once instead of waiting
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=timeout, **kwargs)
     if result.returncode != 0:
@@ -177,22 +182,29 @@ def install_in_root(root: Path, packages: list[str]) -> None:
         run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "update", "-qq"], timeout=300)
         wanted = []
         for package in packages:
-            if package in FROM_HOST_SUITE and subprocess.run(
-                    [*nspawn, "apt-cache", "show", "-q", package], stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL, env=system_env()).returncode != 0:
+            if package in FROM_HOST_SUITE and not has_candidate(nspawn, package):
                 deb = host_suite_deb(package)
                 shutil.copy2(deb, root / "var/tmp" / deb.name)  # nspawn hides /tmp under a tmpfs
                 print(f"{package}: not in the root's release, installing {deb.name}", flush=True)
                 wanted.append(f"/var/tmp/{deb.name}")
             else:
                 wanted.append(package)
-        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends",
+        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "-o", "Dpkg::Options::=--force-confdef",
+                    "-o", "Dpkg::Options::=--force-confold", "install", "-y", "-qq", "--no-install-recommends",
                     *wanted], timeout=1200)
         run_logged([*nspawn, "apt-get", "clean"], timeout=60)
     finally:
         policy.unlink()
         for deb in (root / "var/tmp").glob("*.deb"):
             deb.unlink()
+
+
+def has_candidate(nspawn: list[str], package: str) -> bool:
+    """Return whether apt in the root (nspawn: the command line that enters it) can install package.
+    A name only other packages refer to has no candidate, an unknown one no policy at all."""
+    policy = subprocess.run([*nspawn, "apt-cache", "policy", package], capture_output=True, text=True,
+                            env=system_env()).stdout
+    return re.search(r"^\s*Candidate: (?!\(none\))", policy, re.MULTILINE) is not None
 
 
 def copy_root(source: Path) -> Path:

@@ -1,7 +1,8 @@
 """lintian of Debian 13 and unstable on the .deb built on Debian 12 (build-debs runs Debian 12's own).
 
 Each release's lintian runs in a cached root of that release (debootstrap + lintian), not booted, on a
-throw-away overlay; the .deb is bound in read-only. Errors fail the test; every tag is printed.
+throw-away overlay, as nobody; the .deb is bound in read-only. Errors fail the test; every tag is
+printed.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ def test_lintian_of_newer_releases(suite, debs, ci_log):
     with ci_log():
         started = time.monotonic()
         root = cached_root(["lintian"], suite)
+        # As nobody, as lintian asks; the .deb alone is bound in (its folder is root's only).
         argv = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "--as-pid2", "--console=pipe",
-                "-D", str(root), "--volatile=overlay", f"--bind-ro={deb.parent}:/debs", "--setenv=LANG=C.UTF-8",
-                "lintian", "--pedantic", "--display-info", "--info", f"/debs/{deb.name}"]
+                "-D", str(root), "--volatile=overlay", "--user=nobody", "--chdir=/tmp",
+                f"--bind-ro={deb}:/srv/{deb.name}", "--setenv=LANG=C.UTF-8",
+                "lintian", "--pedantic", "--display-info", "--info", f"/srv/{deb.name}"]
         result = subprocess.run(argv, capture_output=True, text=True, env=nspawn_env(), timeout=900)
         version = subprocess.run([*argv[:argv.index("lintian")], "lintian", "--version"], capture_output=True,
                                  text=True, env=nspawn_env()).stdout.strip()

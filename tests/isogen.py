@@ -1,6 +1,6 @@
 """Generate small ISO images laid out like real ESXi installer ISOs (and look-alikes) with pycdlib.
 
-See /work/shared/design/ESXI_ISO.md for the real layout these imitate. Command line:
+The real layout these imitate is described in docs/design.md and the README. Command line:
     python -m tests.isogen --version 8.0U2 --build 22380479 [--vendor Dell] [--joliet] OUT.iso
     python -m tests.isogen --version 9.0.0.0100 --build 24813472 OUT.iso
 

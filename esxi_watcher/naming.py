@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from esxi_watcher.iso import IsoFacts
 
-FIELDS = ("major", "minor", "patch", "version", "update", "release", "build", "vendor", "vendor_suffix",
+FIELDS = ("major", "minor", "patch", "version", "update", "build", "vendor", "vendor_suffix",
           "vendor_title")
-_SAMPLE = {"major": 8, "minor": 0, "patch": 2, "version": "8.0.2", "update": "U2", "release": "8.0U2",
-           "build": 22380479, "vendor": "Dell", "vendor_suffix": "-dell", "vendor_title": " (Dell)"}
+_SAMPLE = {"major": 8, "minor": 0, "patch": 2, "version": "8.0.2", "update": "U2", "build": 22380479,
+           "vendor": "Dell", "vendor_suffix": "-dell", "vendor_title": " (Dell)"}
 _NAME_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 
 
@@ -21,13 +21,13 @@ def template_fields(facts: IsoFacts) -> dict[str, object]:
 
     {update} is what VMware writes after major.minor: "U2", "U3d", "" (GA up to 8.x) and, from
     ESXi 9 on, the rest of the four-part release (".0.0100" for 9.0.0.0100), so that a title
-    "{major}.{minor}{update}" reads as VMware names every release; {release} is that whole.
+    "{major}.{minor}{update}" reads as VMware names every release.
     """
     vendor = facts.vendor or ""
     return {
         "major": facts.major, "minor": facts.minor, "patch": facts.patch, "version": facts.version,
-        "update": facts.release.removeprefix(f"{facts.major}.{facts.minor}"), "release": facts.release,
-        "build": facts.build, "vendor": vendor,
+        "update": facts.release.removeprefix(f"{facts.major}.{facts.minor}"), "build": facts.build,
+        "vendor": vendor,
         "vendor_suffix": "-" + re.sub(r"[^a-z0-9]+", "-", vendor.lower()).strip("-") if vendor else "",
         "vendor_title": f" ({vendor})" if vendor else "",
     }

@@ -303,7 +303,7 @@ def test_esxi_9_ga_and_patch_differ_by_build_in_their_names(tmp_path):
     patch = inspect_iso(make_esxi_iso(tmp_path / "p.iso", "9.0.0.0100", 24813472))
     assert ga.version == patch.version == "9.0.0"
     assert default_name_and_title(ga)[0] != default_name_and_title(patch)[0]
-    assert resource_name("esxi/{release}-{build}", patch) == "esxi/9.0.0.0100-24813472"
+    assert resource_name("esxi/{major}.{minor}{update}-{build}", patch) == "esxi/9.0.0.0100-24813472"
 
 
 def test_esxi_9_patch_level_from_build_setting_alone(tmp_path):

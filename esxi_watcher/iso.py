@@ -12,11 +12,13 @@ An ISO is an ESXi installer when:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import stat
 import struct
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
@@ -29,7 +31,8 @@ class IsoFacts:
     major: int | None = None
     minor: int | None = None
     patch: int | None = None
-    update: str | None = None  # "U2", "U3d", or None for a GA release
+    update: str | None = None  # "U2", "U3d", or None for a GA release and from ESXi 9 on
+    level: str | None = None  # ESXi 9+: the fourth part of the release, "0100" in 9.0.0.0100, "0" in 9.0.0.0
     build: int | None = None  # 22380479
     vendor: str | None = None  # "Dell", "HPE", ... or None for a stock VMware ISO
     profile: str | None = None  # image profile name, e.g. "ESXi-8.0U2-22380479-standard"
@@ -37,6 +40,18 @@ class IsoFacts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def release(self) -> str | None:
+        """The release as VMware writes it: "6.7", "8.0U2", "7.0U3d", "9.0.0.0100" (None if not ESXi)."""
+        if not self.esxi:
+            return None
+        if self.major is not None and self.major >= FOUR_PART_MAJOR:
+            return self.version + (f".{self.level}" if self.level is not None else "")
+        return f"{self.major}.{self.minor}{self.update or ''}"
+
+
+log = logging.getLogger(__name__)
 
 
 SECTOR_SIZE = 2048
@@ -48,6 +63,10 @@ OSL_PATH = "vmware-esx-base-osl.txt"
 PROFILE_PATH = "upgrade/profile.xml"
 ISOLINUX_PATH = "isolinux.cfg"
 VCSA_FOLDERS = ("vcsa", "vcsa-ui-installer", "vcsa-cli-installer")
+# ESXi 9 names its releases with four numbers (9.0.0.0 GA, 9.0.0.0100 a patch, 9.0.1.0 update 1):
+# no update letters. The newest major this code knows; newer ones are read the same way, with a warning.
+FOUR_PART_MAJOR = 9
+NEWEST_KNOWN_MAJOR = 9
 
 # Malformed images make pycdlib raise its own exceptions, and sometimes plain ones from its parsing.
 _PARSE_ERRORS = (PyCdlibException, struct.error, ValueError, IndexError, KeyError, UnicodeError)
@@ -57,11 +76,17 @@ _VENDOR_TOKENS = {
     "cisco": "Cisco", "fjt": "Fujitsu", "fujitsu": "Fujitsu", "hitachi": "Hitachi", "nec": "NEC",
     "inspur": "Inspur", "supermicro": "Supermicro", "huawei": "Huawei", "xfusion": "xFusion",
 }
-_OSL_TITLE = re.compile(r"\bESXi\s+(\d+)\.(\d+)(?:\.(\d+))?\s*(U\d+[a-z]?)?(?![\w.])", re.IGNORECASE)
-# ESXi-8.0U2-22380479-standard, ESXi-6.7.0-8169922-standard, Vmw-ESXi-6.7.0-17700523-Custom-Cisco-...
-_PROFILE_VERSION = re.compile(r"ESXi[-_ ](\d+)\.(\d+)(?:\.(\d+))?(U\d+[a-z]?)?-(\d+)", re.IGNORECASE)
-# Dell: DEL-ESXi_803.24280767-A02
+# "ESXi 7.0U3d GA", "ESXi 6.7.0", ESXi 9 (called ESX by then): "ESX 9.0.0.0100", "ESXi 9.0.0.0"
+_OSL_TITLE = re.compile(r"\bESXi?\s+(\d+)\.(\d+)(?:\.(\d+)(?:\.(\d{1,4}))?)?\s*(U\d+[a-z]?)?(?![\w.])",
+                        re.IGNORECASE)
+# ESXi-8.0U2-22380479-standard, ESXi-6.7.0-8169922-standard, Vmw-ESXi-6.7.0-17700523-Custom-Cisco-...,
+# ESXi-9.0.0.0100-24813472-standard
+_PROFILE_VERSION = re.compile(r"ESXi[-_ ](\d+)\.(\d+)(?:\.(\d+)(?:\.(\d{1,4}))?)?(U\d+[a-z]?)?-(\d+)",
+                              re.IGNORECASE)
+# Dell: DEL-ESXi_803.24280767-A02, DEL-ESXi_900.24755229-A00
 _PROFILE_PACKED_VERSION = re.compile(r"ESXi[-_](\d)(\d)(\d)\.(\d+)", re.IGNORECASE)
+# BOOT.CFG build=: 8.0.2-0.0.22380479, 7.0.3-0.55.20328353, 9.0.0-0.0.24755229, 9.0.0-0100.24813472
+_BUILD_SETTING = re.compile(r"(\d+)\.(\d+)\.(\d+)(?:-([\d.]*))?")
 _MENU_TITLE = re.compile(r"^\s*MENU\s+TITLE\s+(.+?)(?:\s+Boot\s+Menu)?\s*$", re.IGNORECASE | re.MULTILINE)
 _XML_NAME = re.compile(r"<name>\s*([^<]+?)\s*</name>")
 _XML_CREATOR = re.compile(r"<creator>\s*([^<]+?)\s*</creator>")
@@ -225,10 +250,15 @@ def _facts_from_tree(tree: _IsoTree) -> IsoFacts:
     if facts is None:
         raise _Rejected("no version: BOOT.CFG has an empty build= and neither VMWARE-ESX-BASE-OSL.TXT "
                         "nor the image profile names one")
-    major, minor, patch, update, build = facts
+    if facts.major > NEWEST_KNOWN_MAJOR:
+        log.warning("ESXi %d is newer than the releases this esxi-watcher knows (up to %d): read as "
+                    "version %d.%d.%d build %s, like ESXi %d; check its name and title in MAAS",
+                    facts.major, NEWEST_KNOWN_MAJOR, facts.major, facts.minor, facts.patch, facts.build,
+                    NEWEST_KNOWN_MAJOR)
     vendor = _vendor(profile, menu_title, creator)
-    return IsoFacts(esxi=True, version=f"{major}.{minor}.{patch}", major=major, minor=minor, patch=patch,
-                    update=update, build=build, vendor=vendor, profile=profile)
+    return IsoFacts(esxi=True, version=f"{facts.major}.{facts.minor}.{facts.patch}",
+                    major=facts.major, minor=facts.minor, patch=facts.patch, update=facts.update,
+                    level=facts.level, build=facts.build, vendor=vendor, profile=profile)
 
 
 def _installer_boot_cfg(tree: _IsoTree) -> dict[str, str]:
@@ -297,60 +327,95 @@ def _other_system(tree: _IsoTree) -> str:
     return ""
 
 
-def _osl_version(text: str):
-    """Return (major, minor, patch or None, update or None) from the OSL file's title line, or None."""
+class _Version(NamedTuple):
+    """A version as one source states it; None where that source does not say."""
+
+    major: int
+    minor: int
+    patch: int | None
+    level: str | None = None  # ESXi 9+: "0100" of 9.0.0.0100
+    update: str | None = None  # "U3d"
+    build: int | None = None
+
+
+def _osl_version(text: str) -> _Version | None:
+    """Return the version in the OSL file's title line ("ESXi 7.0U3d GA", "ESX 9.0.0.0100"), or None."""
     for line in text.splitlines()[:200]:
         match = _OSL_TITLE.search(line)
         if match:
-            major, minor, patch, update = match.groups()
-            return int(major), int(minor), _int_or_none(patch), _normal_update(update)
+            major, minor, patch, level, update = match.groups()
+            return _Version(int(major), int(minor), _int_or_none(patch), level, _normal_update(update))
     return None
 
 
-def _profile_version(profile: str | None):
-    """Return (major, minor, patch or None, update or None, build or None) from a profile name, or None."""
+def _profile_version(profile: str | None) -> _Version | None:
+    """Return the version an image profile name states, or None."""
     if not profile:
         return None
     match = _PROFILE_VERSION.search(profile)
     if match:
-        major, minor, patch, update, number = match.groups()
+        major, minor, patch, level, update, number = match.groups()
         # 6.x patch profiles carry a date-based ID (20190802001) where GA profiles carry the build.
         build = int(number) if len(number) <= 9 else None
-        return int(major), int(minor), _int_or_none(patch), _normal_update(update), build
+        return _Version(int(major), int(minor), _int_or_none(patch), level, _normal_update(update), build)
     match = _PROFILE_PACKED_VERSION.search(profile)
     if match:
         major, minor, patch, number = match.groups()
-        return int(major), int(minor), int(patch), None, int(number) if len(number) <= 9 else None
+        return _Version(int(major), int(minor), int(patch), build=int(number) if len(number) <= 9 else None)
     return None
 
 
-def _version_facts(build_setting: str, osl, profile):
-    """Combine the three version sources; return (major, minor, patch, update, build) or None.
+def _build_setting_version(build_setting: str) -> _Version | None:
+    """Return the version in BOOT.CFG's build= ("8.0.2-0.0.22380479", "9.0.0-0100.24813472"), or None.
 
-    build= is authoritative for the numbers; the update letter only exists in the OSL title and the
-    profile name, and is taken from them when they speak of the same major.minor.
+    The numbers after the '-' end with the build number. From ESXi 9 on they mirror the esx-base
+    VIB's version: a four-digit first field is the patch level ("0100"), "0.0" the GA release.
     """
-    build_match = re.match(r"(\d+)\.(\d+)\.(\d+)", build_setting)
-    if build_match:
-        major, minor, patch = (int(number) for number in build_match.groups())
-        numbers = re.findall(r"\d+", build_setting)
-        build = int(numbers[-1]) if len(numbers) > 3 and len(numbers[-1]) >= 5 else None
-    elif osl or profile:
-        major, minor, text_patch, text_update = (osl or profile)[:4]
-        patch = text_patch if text_patch is not None else _patch_from_update(major, text_update)
-        build = None
-    else:
+    match = _BUILD_SETTING.match(build_setting)
+    if not match:
         return None
-    update = None
-    for source in (osl, profile):
-        if source and source[:2] == (major, minor) and source[3]:
-            update = source[3]
-            break
-    if update is None and patch:
-        update = f"U{patch}"  # from 7.0 on, x.y.N is Update N
+    major, minor, patch = (int(number) for number in match.groups()[:3])
+    tail = [number for number in (match.group(4) or "").split(".") if number]
+    build = int(tail[-1]) if tail and len(tail[-1]) >= 5 else None
+    level = None
+    if major >= FOUR_PART_MAJOR and build is not None:
+        if len(tail) == 2 and len(tail[0]) == 4:
+            level = tail[0]
+        elif tail[:-1] in (["0"], ["0", "0"]):
+            level = "0"
+    return _Version(major, minor, patch, level, None, build)
+
+
+def _version_facts(build_setting: str, osl: _Version | None, profile: _Version | None) -> _Version | None:
+    """Combine the three version sources into one complete version, or None.
+
+    build= is authoritative for the numbers; the update letter (up to 8.x) only exists in the OSL
+    title and the profile name, and is taken from them when they speak of the same major.minor.
+    From ESXi 9 on there are no update letters; the patch level comes from whichever source states
+    it for the same major.minor.patch.
+    """
+    stated = _build_setting_version(build_setting)
+    if stated is None:
+        text = osl or profile
+        if text is None:
+            return None
+        patch = text.patch if text.patch is not None else _patch_from_update(text.major, text.update)
+        stated = _Version(text.major, text.minor, patch, text.level)
+    major, minor, patch = stated.major, stated.minor, stated.patch
+    same_release = [source for source in (osl, profile) if source and source[:2] == (major, minor)]
+    if major >= FOUR_PART_MAJOR:
+        update = None
+        level = next((source.level for source in same_release
+                      if source.level is not None and source.patch == patch), stated.level)
+    else:
+        update = next((source.update for source in same_release if source.update), None)
+        if update is None and patch and major >= 7:
+            update = f"U{patch}"  # in 7.x and 8.x, x.y.N is Update N
+        level = None
+    build = stated.build
     if build is None and profile and profile[:2] == (major, minor):
-        build = profile[4]
-    return major, minor, patch, update, build
+        build = profile.build
+    return _Version(major, minor, patch, level, update, build)
 
 
 def _patch_from_update(major: int, update: str | None) -> int:

@@ -17,11 +17,17 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9._/+-]+")
 
 
 def template_fields(facts: IsoFacts) -> dict[str, object]:
-    """Given an ESXi ISO's facts, return the values its name and title templates may use."""
+    """Given an ESXi ISO's facts, return the values its name and title templates may use.
+
+    {update} is what VMware writes after major.minor: "U2", "U3d", "" (GA up to 8.x) and, from
+    ESXi 9 on, the rest of the four-part release (".0.0100" for 9.0.0.0100), so that a title
+    "{major}.{minor}{update}" reads as VMware names every release.
+    """
     vendor = facts.vendor or ""
     return {
         "major": facts.major, "minor": facts.minor, "patch": facts.patch, "version": facts.version,
-        "update": facts.update or "", "build": facts.build, "vendor": vendor,
+        "update": facts.release.removeprefix(f"{facts.major}.{facts.minor}"), "build": facts.build,
+        "vendor": vendor,
         "vendor_suffix": "-" + re.sub(r"[^a-z0-9]+", "-", vendor.lower()).strip("-") if vendor else "",
         "vendor_title": f" ({vendor})" if vendor else "",
     }

@@ -2,6 +2,10 @@
 
 The real layout these imitate is described in docs/design.md and the README. Command line:
     python -m tests.isogen --version 8.0U2 --build 22380479 [--vendor Dell] [--joliet] OUT.iso
+    python -m tests.isogen --version 9.0.0.0100 --build 24813472 OUT.iso
+
+ESXi 9 names its releases with four numbers (9.0.0.0 GA, 9.0.0.0100 a patch release, 9.0.1.0 the
+first update) and has no update letters; "9.0" stands for 9.0.0.0.
 """
 
 from __future__ import annotations
@@ -25,13 +29,18 @@ PAYLOAD_MODULE = "imgpayld.tgz"
 KERNEL = "b.b00"
 
 
+FOUR_PART_MAJOR = 9  # ESXi 9 on: four-part releases, no update letters
+
+
 def parse_version(version: str) -> tuple[int, int, int, str | None]:
-    """Given "8.0U2", "7.0U3d", "6.7" or "6.7.0", return (major, minor, patch, update or None)."""
-    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?(?:[uU](\d+)([a-z]?))?", version)
+    """Given "8.0U2", "7.0U3d", "6.7", "6.7.0" or "9.0.0.0100", return (major, minor, patch, update or None)."""
+    match = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+)(?:\.(\d{1,4}))?)?(?:[uU](\d+)([a-z]?))?", version)
     if not match:
-        raise ValueError(f"version {version!r}: expected e.g. 8.0U2, 7.0U3d or 6.7")
-    major, minor, patch, update_number, update_letter = match.groups()
+        raise ValueError(f"version {version!r}: expected e.g. 8.0U2, 7.0U3d, 6.7 or 9.0.0.0100")
+    major, minor, patch, level, update_number, update_letter = match.groups()
     major, minor = int(major), int(minor)
+    if (level or int(major) >= FOUR_PART_MAJOR) and update_number:
+        raise ValueError(f"version {version!r}: ESXi {FOUR_PART_MAJOR} and later have no update letters")
     if patch is None:
         # ESXi 6.x stays x.y.0 across updates; from 7.0 on the third number is the update.
         patch = int(update_number) if update_number and major >= 7 else 0
@@ -39,15 +48,51 @@ def parse_version(version: str) -> tuple[int, int, int, str | None]:
     return major, minor, int(patch), update
 
 
+def release_level(version: str) -> str | None:
+    """Given a version, return the fourth part of an ESXi 9+ release ("0100", "0" for GA), else None."""
+    major, minor, patch, _ = parse_version(version)
+    if major < FOUR_PART_MAJOR:
+        return None
+    parts = version.split(".")
+    return parts[3] if len(parts) > 3 else "0"
+
+
+def vib_version(version: str, build: int) -> str:
+    """Return the esx-base VIB version, which BOOT.CFG's build= repeats.
+
+    8.0U3b: 8.0.3-0.35.24280767 (a sequence number per update letter). ESXi 9 (Broadcom's release
+    notes): 9.0.0-0100.24813472 for the 9.0.0.0100 patch, and 9.0.0-0.0.24755229 for a GA release.
+    """
+    major, minor, patch, update = parse_version(version)
+    level = release_level(version)
+    if level is not None:
+        return f"{major}.{minor}.{patch}-{level if level.strip('0') else '0.0'}.{build}"
+    letter = update[-1] if update and update[-1].isalpha() else ""
+    sequence = (ord(letter) - ord("a") + 1) * 10 if letter else 0
+    return f"{major}.{minor}.{patch}-0.{sequence}.{build}"
+
+
+def release_name(version: str) -> str:
+    """Return the release as VMware writes it in titles: 8.0U2, 6.7.0 stays 6.7, 9.0.0.0100."""
+    major, minor, patch, update = parse_version(version)
+    level = release_level(version)
+    if level is not None:
+        return f"{major}.{minor}.{patch}.{level}"
+    return f"{major}.{minor}{update or ''}"
+
+
 def esxi_profile_name(version: str, build: int, vendor: str | None) -> str:
     """Return the image profile name a stock, Dell or HPE ISO of this version carries."""
     major, minor, patch, update = parse_version(version)
+    level = release_level(version)
     if vendor == "Dell":
-        return f"DEL-ESXi_{major}{minor}{patch}.{build}-A02"
+        return f"DEL-ESXi_{major}{minor}{patch}.{build}-{'A00' if level is not None else 'A02'}"
     if vendor == "HPE":
         return f"HPE-Custom-AddOn_{major}{minor}{patch}.0.0.10.7.0-22"
     if vendor:
         return f"Vmw-ESXi-{major}.{minor}.{patch}-{build}-Custom-{vendor}-{major}.{minor}.{patch}.1"
+    if level is not None:
+        return f"ESXi-{major}.{minor}.{patch}.{level}-{build}-standard"
     if update:
         return f"ESXi-{major}.{minor}{update}-{build}-standard"
     if major >= 7:
@@ -61,19 +106,21 @@ def boot_modules(vendor: str | None) -> list[str]:
 
 def boot_cfg_text(version: str, build: int, vendor: str | None = None) -> str:
     """Return a BOOT.CFG like a real ESXi ISO's; 6.x gets an empty build= as real 6.x ISOs can."""
-    major, minor, patch, update = parse_version(version)
-    letter = update[-1] if update and update[-1].isalpha() else ""
-    sequence = (ord(letter) - ord("a") + 1) * 10 if letter else 0
-    build_setting = "" if major < 7 else f"{major}.{minor}.{patch}-0.{sequence}.{build}"
+    major = parse_version(version)[0]
+    build_setting = "" if major < 7 else vib_version(version, build)
     modules = " --- ".join("/" + module for module in boot_modules(vendor))
     return (f"bootstate=0\ntitle=Loading ESXi installer\ntimeout=5\nprefix=\nkernel=/{KERNEL}\n"
             f"kernelopt=runweasel cdromBoot\nmodules={modules}\nbuild={build_setting}\nupdated=0\n")
 
 
 def osl_bytes(version: str) -> bytes:
-    """Return a VMWARE-ESX-BASE-OSL.TXT head: CRLF, the title on line 3, a byte that is not UTF-8."""
-    major, minor, _, update = parse_version(version)
-    lines = ["open_source_licenses.txt", "", f"ESXi {major}.{minor}{update or ''} GA", "=" * 64, "",
+    """Return a VMWARE-ESX-BASE-OSL.TXT head: CRLF, the title on line 3, a byte that is not UTF-8.
+
+    From 9.0 on the product is called ESX: the title reads "ESX 9.0.0.0100 GA".
+    """
+    major = parse_version(version)[0]
+    product = "ESX" if major >= FOUR_PART_MAJOR else "ESXi"
+    lines = ["open_source_licenses.txt", "", f"{product} {release_name(version)} GA", "=" * 64, "",
              "The following copyright statements and licenses apply to various open",
              "source software packages (or portions thereof) that are distributed with",
              "this VMware Product."]
@@ -87,9 +134,9 @@ def isolinux_cfg_text(profile: str) -> str:
 
 
 def profile_xml_text(profile: str, version: str, build: int, vendor: str | None) -> str:
-    major, minor, patch, _ = parse_version(version)
-    creator = VENDOR_CREATORS.get(vendor or "", vendor or "VMware, Inc.")
-    vibs = "".join(f"<vib><vibid>VMware_bootbank_{name}_{major}.{minor}.{patch}-0.0.{build}</vibid></vib>"
+    stock_creator = "Broadcom, Inc." if parse_version(version)[0] >= FOUR_PART_MAJOR else "VMware, Inc."
+    creator = VENDOR_CREATORS.get(vendor or "", vendor or stock_creator)
+    vibs = "".join(f"<vib><vibid>VMware_bootbank_{name}_{vib_version(version, build)}</vibid></vib>"
                    for name in ("esx-base", "esx-update", "vsan", "esx-ui"))
     return (f'<?xml version="1.0" encoding="utf-8"?>\n<imageprofile><name>{profile}</name>'
             f"<creator>{creator}</creator><description>(Updated) {profile}</description>"
@@ -259,7 +306,7 @@ def truncate_copy(source, destination, size: int | None = None) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.isogen", description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=("esxi", "ubuntu", "vcsa", "bootcfg-only"), default="esxi")
-    parser.add_argument("--version", default="8.0U2", help="e.g. 8.0U2, 7.0U3d, 6.7")
+    parser.add_argument("--version", default="8.0U2", help="e.g. 8.0U2, 7.0U3d, 6.7, 9.0, 9.0.0.0100")
     parser.add_argument("--build", type=int, default=22380479)
     parser.add_argument("--vendor", help="Dell, HPE, ... (default: a stock VMware ISO)")
     parser.add_argument("--joliet", action="store_true", help="add Joliet and Rock Ridge, lower-case names")

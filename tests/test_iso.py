@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import subprocess
@@ -14,9 +15,11 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from esxi_watcher.config import parse_config
 from esxi_watcher.iso import IsoFacts, inspect_iso
-from tests.isogen import (make_bootcfg_only_iso, make_esxi_iso, make_ubuntu_iso, make_vcsa_iso,
-                          truncate_copy)
+from esxi_watcher.naming import resource_name, resource_title
+from tests.isogen import (boot_cfg_text, make_bootcfg_only_iso, make_esxi_iso, make_ubuntu_iso,
+                          make_vcsa_iso, osl_bytes, truncate_copy)
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -246,7 +249,7 @@ def test_memory_stays_bounded_on_a_large_iso(tmp_path):
 def test_to_dict_carries_every_field(tmp_path):
     facts = inspect_iso(make_esxi_iso(tmp_path / "a.iso", version="7.0U3d", build=19482537))
     assert facts.to_dict() == {"esxi": True, "version": "7.0.3", "major": 7, "minor": 0, "patch": 3,
-                               "update": "U3d", "build": 19482537, "vendor": None,
+                               "update": "U3d", "level": None, "build": 19482537, "vendor": None,
                                "profile": "ESXi-7.0U3d-19482537-standard", "reason": None}
 
 
@@ -261,3 +264,97 @@ def test_isogen_command_line(tmp_path):
     subprocess.run([sys.executable, "-m", "tests.isogen", "--kind", "ubuntu", str(ubuntu)], cwd=REPO,
                    check=True, capture_output=True)
     assert_rejected(inspect_iso(ubuntu), "Ubuntu")
+
+
+# ESXi 9: four-part releases (9.0.0.0 GA, 9.0.0.0100 a patch, 9.0.1.0 update 1), no update letters.
+# Build numbers of the public releases: 9.0 GA 24755229, 9.0.0.0100 24813472, 9.0.1.0 24957456.
+ESXI_9_RELEASES = [
+    # (generator version, build, vendor, version, patch, level, profile, default name, default title)
+    ("9.0", 24755229, None, "9.0.0", 0, "0", "ESXi-9.0.0.0-24755229-standard",
+     "esxi/9.0.0-24755229", "VMware ESXi 9.0.0.0 24755229"),
+    ("9.0.0.0100", 24813472, None, "9.0.0", 0, "0100", "ESXi-9.0.0.0100-24813472-standard",
+     "esxi/9.0.0-24813472", "VMware ESXi 9.0.0.0100 24813472"),
+    ("9.0", 24755229, "Dell", "9.0.0", 0, "0", "DEL-ESXi_900.24755229-A00",
+     "esxi/9.0.0-24755229-dell", "VMware ESXi 9.0.0.0 24755229 (Dell)"),
+    ("9.0.1.0", 24957456, None, "9.0.1", 1, "0", "ESXi-9.0.1.0-24957456-standard",
+     "esxi/9.0.1-24957456", "VMware ESXi 9.0.1.0 24957456"),
+]
+
+
+def default_name_and_title(facts: IsoFacts) -> tuple[str, str]:
+    maas = parse_config({}).maas
+    return resource_name(maas.name_template, facts), resource_title(maas.title_template, facts)
+
+
+@pytest.mark.parametrize("joliet_rr", [False, True], ids=["iso9660", "joliet-rr"])
+@pytest.mark.parametrize("version, build, vendor, expected_version, patch, level, profile, name, title",
+                         ESXI_9_RELEASES, ids=["9.0-GA", "9.0.0.0100", "9.0-Dell", "9.0.1.0"])
+def test_esxi_9_releases(tmp_path, joliet_rr, version, build, vendor, expected_version, patch, level,
+                         profile, name, title):
+    facts = inspect_iso(make_esxi_iso(tmp_path / "9.iso", version, build, vendor, joliet_rr=joliet_rr))
+    assert facts == IsoFacts(esxi=True, version=expected_version, major=9, minor=0, patch=patch,
+                             update=None, level=level, build=build, vendor=vendor, profile=profile)
+    assert default_name_and_title(facts) == (name, title)
+
+
+def test_esxi_9_ga_and_patch_differ_by_build_in_their_names(tmp_path):
+    # The patch level is left out of the default name: GA and patch builds never share a number.
+    ga = inspect_iso(make_esxi_iso(tmp_path / "ga.iso", "9.0", 24755229))
+    patch = inspect_iso(make_esxi_iso(tmp_path / "p.iso", "9.0.0.0100", 24813472))
+    assert ga.version == patch.version == "9.0.0"
+    assert default_name_and_title(ga)[0] != default_name_and_title(patch)[0]
+    assert resource_name("esxi/{major}.{minor}{update}-{build}", patch) == "esxi/9.0.0.0100-24813472"
+
+
+def test_esxi_9_patch_level_from_build_setting_alone(tmp_path):
+    # Only BOOT.CFG speaks (no OSL file, no profile): 9.0.0-0100.24813472 still says 0100.
+    full = make_esxi_iso(tmp_path / "full.iso", "9.0.0.0100", 24813472)
+    bare = rewrite_iso(full, tmp_path / "bare.iso", ["/VMWARE-ESX-BASE-OSL.TXT;1", "/UPGRADE/PROFILE.XML;1",
+                                                      "/ISOLINUX.CFG;1"])
+    facts = inspect_iso(bare)
+    assert (facts.version, facts.level, facts.build, facts.profile) == ("9.0.0", "0100", 24813472, None)
+    assert default_name_and_title(facts) == ("esxi/9.0.0-24813472", "VMware ESXi 9.0.0.0100 24813472")
+
+
+def test_esxi_9_generated_texts_look_like_the_release_notes():
+    assert "build=9.0.0-0.0.24755229\n" in boot_cfg_text("9.0", 24755229)
+    assert "build=9.0.0-0100.24813472\n" in boot_cfg_text("9.0.0.0100", 24813472)
+    assert b"\r\nESX 9.0.0.0100 GA\r\n" in osl_bytes("9.0.0.0100")
+    with pytest.raises(ValueError, match="no update letters"):
+        boot_cfg_text("9.0U1", 24957456)
+
+
+def test_titles_of_older_releases_are_unchanged(tmp_path):
+    cases = [("6.7", 8169922, None, "esxi/6.7.0-8169922", "VMware ESXi 6.7 8169922"),
+             ("7.0U3d", 19482537, None, "esxi/7.0.3-19482537", "VMware ESXi 7.0U3d 19482537"),
+             ("8.0U3b", 24280767, "Dell", "esxi/8.0.3-24280767-dell", "VMware ESXi 8.0U3b 24280767 (Dell)")]
+    for version, build, vendor, name, title in cases:
+        facts = inspect_iso(make_esxi_iso(tmp_path / "old.iso", version, build, vendor))
+        assert default_name_and_title(facts) == (name, title)
+        assert facts.level is None
+
+
+def test_a_newer_major_is_accepted_with_a_warning(tmp_path, caplog):
+    iso = make_esxi_iso(tmp_path / "VMware-VMvisor-Installer-10.0.0.0.31000000.x86_64.iso", "10.0",
+                        31000000)
+    with caplog.at_level(logging.WARNING, logger="esxi_watcher.iso"):
+        facts = inspect_iso(iso)
+    assert (facts.esxi, facts.version, facts.level, facts.build) == (True, "10.0.0", "0", 31000000)
+    # MAAS's own title guess reads single digits only: the explicit title carries "10".
+    assert default_name_and_title(facts) == ("esxi/10.0.0-31000000", "VMware ESXi 10.0.0.0 31000000")
+    warnings = [record for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "ESXi 10 is newer" in warnings[0].getMessage()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="esxi_watcher.iso"):
+        inspect_iso(make_esxi_iso(tmp_path / "9.iso", "9.0.0.0100", 24813472))
+    assert not caplog.records
+
+
+def test_inspect_json_of_esxi_9(tmp_path):
+    iso = make_esxi_iso(tmp_path / "VMware-VMvisor-Installer-9.0.0.0100.24813472.x86_64.iso", "9.0.0.0100",
+                        24813472)
+    output = subprocess.run([sys.executable, "-m", "esxi_watcher", "inspect", "--json", str(iso)], cwd=REPO,
+                            check=True, capture_output=True, text=True).stdout
+    assert json.loads(output) == {"esxi": True, "version": "9.0.0", "major": 9, "minor": 0, "patch": 0,
+                                  "update": None, "level": "0100", "build": 24813472, "vendor": None,
+                                  "profile": "ESXi-9.0.0.0100-24813472-standard", "reason": None}

@@ -159,8 +159,12 @@ def test_processes_left_in_the_group_after_the_command_exits_are_killed(tmp_path
 
 
 def test_a_process_that_left_the_group_cannot_hold_the_command_open(tmp_path):
-    # The escaped process keeps the output pipe open; run_command must not wait for its EOF.
-    result = run(["sh", "-c", "setsid sleep 300 & echo $!; echo done"], tmp_path)
+    # The escaped process keeps the output pipe open; run_command must not wait for its EOF. The shell
+    # waits until it has its own session (/proc/PID/stat's 6th field), else stopping the group can
+    # kill it before setsid() on a slow machine.
+    result = run(["sh", "-c", "setsid sleep 300 & pid=$!; "
+                  "while [ \"$(cut -d' ' -f6 /proc/$pid/stat)\" != \"$pid\" ]; do :; done; "
+                  "echo $pid; echo done"], tmp_path)
     escaped = int(result.last_lines[0])
     try:
         assert result.returncode == 0

@@ -1,4 +1,4 @@
-"""Build the two .debs the system test installs: esxi-watcher (this tree) and python3-libmaas.
+"""Build the .debs the system test installs: esxi-watcher (this tree) and python3-libmaas.
 
 python3-libmaas is in Ubuntu but not in Debian: it is built from the PyPI release with Debian's
 pypi2deb (py2dsp) and cached, since it changes only with a new release. Every .deb is built with
@@ -109,20 +109,24 @@ def lintian(changes: Path, outdir: Path) -> None:
         raise RuntimeError(f"lintian reported errors:\n{result.stdout}{result.stderr}")
 
 
-def build_libmaas(outdir: Path) -> Path:
-    """Build python3-libmaas_*.deb from PyPI with py2dsp (cached); copy it into outdir."""
-    cache = CACHE / "libmaas"
-    cached = sorted(cache.glob("python3-libmaas_*.deb"))
+# PyPI projects built into .debs with py2dsp: (PyPI name, binary package).
+PYPI_DEBS = (("python-libmaas", "python3-libmaas"),)
+
+
+def build_pypi_deb(project: str, package: str, outdir: Path) -> Path:
+    """Build package_*.deb from the PyPI release of project with py2dsp (cached); copy it into outdir."""
+    cache = CACHE / "pypi-debs"
+    cached = sorted(cache.glob(f"{package}_*.deb"))
     if not cached:
         cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="libmaas-deb-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"{project}-deb-") as scratch:
             started = time.monotonic()
-            run(["py2dsp", "--build", "python-libmaas"], cwd=Path(scratch),
-                env=system_env(DEB_BUILD_OPTIONS="nocheck"), log=outdir / "libmaas.build.log")
-            print(f"py2dsp python-libmaas: {time.monotonic() - started:.1f} s", flush=True)
-            for deb in Path(scratch).glob("result/python3-libmaas_*.deb"):
+            run(["py2dsp", "--build", project], cwd=Path(scratch),
+                env=system_env(DEB_BUILD_OPTIONS="nocheck"), log=outdir / f"{project}.build.log")
+            print(f"py2dsp {project}: {time.monotonic() - started:.1f} s", flush=True)
+            for deb in Path(scratch).glob(f"result/{package}_*.deb"):
                 shutil.copy2(deb, cache / deb.name)
-        cached = sorted(cache.glob("python3-libmaas_*.deb"))
+        cached = sorted(cache.glob(f"{package}_*.deb"))
     shutil.copy2(cached[-1], outdir / cached[-1].name)
     return outdir / cached[-1].name
 
@@ -131,7 +135,8 @@ def build_debs(outdir: Path) -> list[Path]:
     """Given an output folder, build both .debs into it and return their paths."""
     outdir.mkdir(parents=True, exist_ok=True)
     install_host_packages()
-    return [build_esxi_watcher(outdir), build_libmaas(outdir)]
+    return [build_esxi_watcher(outdir), *[build_pypi_deb(project, package, outdir)
+                                          for project, package in PYPI_DEBS]]
 
 
 def main() -> int:

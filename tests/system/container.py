@@ -1,9 +1,12 @@
-"""A real systemd in a container: a debootstrapped Debian 12 booted with systemd-nspawn.
+"""A real systemd in a container: a debootstrapped Debian 12, 13 or unstable booted with systemd-nspawn.
 
-The root file system is built once per package list and cached under
+The root file system is built once per release and package list and cached under
 /var/cache/esxi-watcher-tests/roots/<key>/ (debootstrap minbase + systemd + the packages the .debs
 under test depend on and recommend); each test run boots a copy of it. apt inside the container
-uses the host's sources and proxy settings, so it reaches the same Debian mirror.
+uses the host's Debian mirror (for the root's own release) and the host's Acquire:: settings.
+Packages a release no longer carries (Debian's packer, and python3-terminaltables that
+python3-libmaas needs, both gone after Debian 12) are installed into its root from the host's
+Debian 12 as .debs (`apt-get download`).
 
     root = cached_root(extra_packages)
     with Container.boot(root) as container:
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +28,12 @@ from typing import Iterable
 
 from tests.system.build_debs import CACHE, system_env
 
-SUITE = "bookworm"
+HOST_SUITE = "bookworm"  # the host's own release: CI runs on Debian 12
+SUITES = ("bookworm", "trixie", "sid")  # Debian 12, 13 and unstable
+# Packages taken from the host's release when a root's release has none: Debian's packer 1.6.6
+# (the test templates' Packer) is a Go binary that depends on libc6 only; python3-terminaltables
+# (a python3-libmaas dependency) is pure Python.
+FROM_HOST_SUITE = ("packer", "python3-terminaltables")
 BASE_PACKAGES = ("systemd", "systemd-sysv", "dbus")
 NSPAWN_RUN = Path("/run/systemd/nspawn")
 PRUNE_AFTER_DAYS = 14
@@ -35,46 +44,66 @@ class ContainerError(RuntimeError):
 
 
 def host_mirror() -> str:
-    """Return the Debian mirror the host's apt uses for SUITE (its URI)."""
+    """Return the Debian mirror the host's apt uses for its own release (its URI)."""
     listing = subprocess.run(["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE)"],
                              capture_output=True, text=True, env=system_env()).stdout
     for line in listing.splitlines():
         uri, _, release = line.partition(" ")
-        if release == SUITE:
+        if release == HOST_SUITE:
             return uri
     return "http://deb.debian.org/debian/"
 
 
 def host_apt_files() -> list[Path]:
-    """Return the host's apt source lists and the apt.conf.d files that set Acquire:: options
-    (proxies, snapshot validity), which the container needs to reach the same mirror."""
-    files = [Path("/etc/apt/sources.list")]
-    files += sorted(Path("/etc/apt/sources.list.d").glob("*.list"))
-    files += sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
-    files += [path for path in sorted(Path("/etc/apt/apt.conf.d").glob("*"))
-              if path.is_file() and "Acquire" in path.read_text(errors="replace")]
+    """Return the host's apt.conf.d files that set Acquire:: options (proxies, snapshot validity),
+    which the container needs to reach the same mirror. Sources are the root's own (debootstrap's
+    sources.list names the root's release on the host's mirror)."""
+    files = [path for path in sorted(Path("/etc/apt/apt.conf.d").glob("*"))
+             if path.is_file() and "Acquire" in path.read_text(errors="replace")]
     files += [Path("/etc/apt/apt.conf")]
     return [path for path in files if path.is_file() and path.stat().st_size > 0]
 
 
 def copy_host_apt_config(root: Path) -> None:
-    """Given a container root, give it the host's apt sources and Acquire:: settings."""
+    """Given a container root, give it the host's Acquire:: settings, under names of their own
+    (read last, so they win) that no package's conffile has: a copied 50appstream made appstream's
+    postinst stop at a conffile question."""
     for path in host_apt_files():
-        target = root / path.relative_to("/")
+        name = "apt.conf.d/zz-host-" + path.name if path.parent.name == "apt.conf.d" else path.name
+        target = root / "etc/apt" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+
+
+def host_suite_deb(package: str) -> Path:
+    """Return the host release's .deb of a package (downloaded once with apt-get download)."""
+    folder = CACHE / "host-debs"
+    cached = sorted(folder.glob(f"{package}_*.deb"))
+    if not cached:
+        folder.mkdir(parents=True, exist_ok=True)
+        run_logged(["apt-get", "-o", "Acquire::Retries=5", "download", package], timeout=600, cwd=folder)
+        cached = sorted(folder.glob(f"{package}_*.deb"))
+    return cached[-1]
 
 
 def run_logged(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """Run argv (system PATH), raise ContainerError with the output's tail when it fails."""
     print("+", " ".join(argv), flush=True)
     kwargs.setdefault("env", system_env(DEBIAN_FRONTEND="noninteractive"))
+    kwargs.setdefault("stdin", subprocess.DEVNULL)  # a question fails at once instead of waiting
     result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             timeout=timeout, **kwargs)
     if result.returncode != 0:
         tail = "\n".join(result.stdout.splitlines()[-40:])
         raise ContainerError(f"{argv[0]} exited {result.returncode}:\n{tail}")
     return result
+
+
+def nspawn_env(**extra: str) -> dict[str, str]:
+    """Return the environment of systemd-nspawn: the system one, and the unified cgroup hierarchy
+    (cgroup v2) in the container whatever the host mounts. Debian 13's systemd refuses cgroup v1
+    and unstable's has no support for it left; v2 is also every release's default on real hosts."""
+    return system_env(SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="1", **extra)
 
 
 def ensure_nspawn_runtime_dir() -> bool:
@@ -90,17 +119,18 @@ def ensure_nspawn_runtime_dir() -> bool:
     return True
 
 
-def root_key(packages: Iterable[str]) -> str:
-    """Given the extra packages, return the cache key of the root that holds them."""
-    text = "\n".join([SUITE, host_mirror(), *BASE_PACKAGES, "--", *sorted(set(packages))])
+def root_key(packages: Iterable[str], suite: str) -> str:
+    """Given the extra packages and the release, return the cache key of the root that holds them."""
+    text = "\n".join([suite, host_mirror(), *BASE_PACKAGES, "--", *sorted(set(packages))])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def cached_root(packages: Iterable[str]) -> Path:
-    """Given extra packages, return a cached Debian root with systemd and them installed,
-    building it (debootstrap, then apt-get in the root) when the cache has none."""
+def cached_root(packages: Iterable[str], suite: str = HOST_SUITE) -> Path:
+    """Given extra packages and a Debian release, return a cached root of that release with systemd
+    and the packages installed, building it (debootstrap, then apt-get in the root) when the cache
+    has none."""
     packages = sorted(set(packages))
-    final = CACHE / "roots" / root_key(packages)
+    final = CACHE / "roots" / root_key(packages, suite)
     prune_cache(keep=final)
     if (final / ".complete").exists():
         os.utime(final / ".complete")  # last used: roots unused for PRUNE_AFTER_DAYS go
@@ -112,8 +142,8 @@ def cached_root(packages: Iterable[str]) -> Path:
     try:
         started = time.monotonic()
         run_logged(["debootstrap", "--variant=minbase", "--include=" + ",".join(BASE_PACKAGES),
-                    SUITE, str(building), host_mirror()], timeout=900)
-        print(f"debootstrap: {time.monotonic() - started:.1f} s", flush=True)
+                    suite, str(building), host_mirror()], timeout=900)
+        print(f"debootstrap {suite}: {time.monotonic() - started:.1f} s", flush=True)
         copy_host_apt_config(building)
         if packages:
             install_in_root(building, packages)
@@ -141,7 +171,8 @@ def prune_cache(keep: Path) -> None:
 
 
 def install_in_root(root: Path, packages: list[str]) -> None:
-    """Install packages into a root that is not booted (services are not started)."""
+    """Install packages into a root that is not booted (services are not started); those of
+    FROM_HOST_SUITE that the root's release lacks come from the host's release."""
     policy = root / "usr/sbin/policy-rc.d"
     policy.write_text("#!/bin/sh\n# no service starts while the cached root is built\nexit 101\n")
     policy.chmod(0o755)
@@ -149,11 +180,31 @@ def install_in_root(root: Path, packages: list[str]) -> None:
         nspawn = ["systemd-nspawn", "--register=no", "--keep-unit", "-q", "-D", str(root),
                   "--setenv=DEBIAN_FRONTEND=noninteractive"]
         run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "update", "-qq"], timeout=300)
-        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends",
-                    *packages], timeout=1200)
+        wanted = []
+        for package in packages:
+            if package in FROM_HOST_SUITE and not has_candidate(nspawn, package):
+                deb = host_suite_deb(package)
+                shutil.copy2(deb, root / "var/tmp" / deb.name)  # nspawn hides /tmp under a tmpfs
+                print(f"{package}: not in the root's release, installing {deb.name}", flush=True)
+                wanted.append(f"/var/tmp/{deb.name}")
+            else:
+                wanted.append(package)
+        run_logged([*nspawn, "apt-get", "-o", "Acquire::Retries=5", "-o", "Dpkg::Options::=--force-confdef",
+                    "-o", "Dpkg::Options::=--force-confold", "install", "-y", "-qq", "--no-install-recommends",
+                    *wanted], timeout=1200)
         run_logged([*nspawn, "apt-get", "clean"], timeout=60)
     finally:
         policy.unlink()
+        for deb in (root / "var/tmp").glob("*.deb"):
+            deb.unlink()
+
+
+def has_candidate(nspawn: list[str], package: str) -> bool:
+    """Return whether apt in the root (nspawn: the command line that enters it) can install package.
+    A name only other packages refer to has no candidate, an unknown one no policy at all."""
+    policy = subprocess.run([*nspawn, "apt-cache", "policy", package], capture_output=True, text=True,
+                            env=system_env()).stdout
+    return re.search(r"^\s*Candidate: (?!\(none\))", policy, re.MULTILINE) is not None
 
 
 def copy_root(source: Path) -> Path:
@@ -191,7 +242,7 @@ class Container:
         print("+", " ".join(argv), flush=True)
         with open(console_log, "wb") as console:
             nspawn = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=console,
-                                      stderr=subprocess.STDOUT, env=system_env(),
+                                      stderr=subprocess.STDOUT, env=nspawn_env(),
                                       start_new_session=True)
         container = cls(root, nspawn, console_log, mounted_run)
         try:

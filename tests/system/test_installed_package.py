@@ -1,4 +1,5 @@
-"""End to end through the installed .deb under a real systemd (Debian 12 in systemd-nspawn).
+"""End to end through the installed .deb under a real systemd (Debian 12, 13 and unstable in
+systemd-nspawn, one module run per release).
 
 Builds esxi-watcher_*.deb and python3-libmaas_*.deb, installs both with apt in a booted container,
 and checks what an admin would: the service runs (Type=notify, a Status line), builds an ISO
@@ -23,7 +24,7 @@ import pytest
 from tests.isogen import make_esxi_iso
 from tests.maas_simulator import MaasSimulator
 from tests.system.build_debs import REPO
-from tests.system.container import Container, cached_root, install_debs, packages_for
+from tests.system.container import SUITES, Container, cached_root, install_debs, packages_for
 
 RESOURCE = "esxi/8.0.2-22380479"
 ISO_NAME = "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso"
@@ -32,12 +33,12 @@ BUDGET_SECONDS = 15 * 60
 WATCHDOG_SECONDS = 8  # pings every 4 s; a short period, but not one a slow disk write misses
 
 
-@pytest.fixture(scope="module")
-def container(debs, ci_log):
+@pytest.fixture(scope="module", params=SUITES)
+def container(request, debs, ci_log):
     with ci_log():
         started = time.monotonic()
-        root = cached_root(packages_for(debs))
-        print(f"container root ready: {time.monotonic() - started:.1f} s")
+        root = cached_root(packages_for(debs), request.param)
+        print(f"container root ({request.param}) ready: {time.monotonic() - started:.1f} s")
         started = time.monotonic()
         booted = Container.boot(root)
         print(f"container boot: {time.monotonic() - started:.1f} s")
@@ -124,8 +125,15 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
     exposure = re.search(r"Overall exposure level for esxi-watcher\.service: ([\d.]+) (\w+)",
                          security)
     assert exposure, security
-    print(f"exposure score: {exposure.group(1)} {exposure.group(2)}")
+    release = container.run(["sh", "-c", ". /etc/os-release; echo $PRETTY_NAME"]).stdout.strip()
+    systemd = container.run(["systemctl", "--version"]).stdout.splitlines()[0]
+    print(f"exposure score: {exposure.group(1)} {exposure.group(2)} ({release}, {systemd})")
     assert float(exposure.group(1)) < 6.0
+    # Every directive of the unit is one this release's systemd knows and accepts.
+    verify = container.show(["systemd-analyze", "verify", "--man=no",
+                             "/lib/systemd/system/esxi-watcher.service"],
+                            "systemd-analyze verify esxi-watcher.service")
+    assert "esxi-watcher.service" not in verify, verify
 
     # Point it at the simulator and the test template, restart, wait for READY. A drop-in (as an
     # admin's `systemctl edit`) shortens the watchdog so that missing WATCHDOG=1 pings would show

@@ -2,8 +2,8 @@
 
 Runs the tools of the three template generations (qemu under TCG, qemu-nbd, nbdkit + nbdfuse +
 fusefat, mtools, mount) as transient units carrying exactly the [Service] sandbox lines of
-systemd/esxi-watcher.service, in a booted Debian 12 container with /dev/fuse and /dev/kvm bound
-in. Last, the installed service itself builds a bootable fake ESXi installer with the qemu test
+systemd/esxi-watcher.service, in a booted Debian 12, 13 and unstable container (one module run per
+release) with /dev/fuse and /dev/kvm bound in. Last, the installed service itself builds a bootable fake ESXi installer with the qemu test
 template (Packer's qemu builder under TCG, then fuse-nbd and fusefat) and registers it. Needs root.
 """
 
@@ -18,7 +18,7 @@ import yaml
 
 from tests.maas_simulator import MaasSimulator
 from tests.system.build_debs import REPO
-from tests.system.container import Container, cached_root, install_debs, packages_for
+from tests.system.container import SUITES, Container, cached_root, install_debs, packages_for
 from tests.vm.installer_iso import build_installer_iso
 from tests.vm.qemu_build import read_partition_file
 
@@ -41,10 +41,10 @@ def sandbox_properties() -> list[str]:
     return arguments
 
 
-@pytest.fixture(scope="module")
-def sandbox(debs, ci_log):
+@pytest.fixture(scope="module", params=SUITES)
+def sandbox(request, debs, ci_log):
     with ci_log():
-        container = Container.boot(cached_root(packages_for(debs)),
+        container = Container.boot(cached_root(packages_for(debs), request.param),
                                    devices=["/dev/fuse", "/dev/kvm"])
     try:
         with ci_log():

@@ -19,9 +19,10 @@ from typing import Callable
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.paths import ROOT, TEMPLATES
+
 FINAL_STATES = {"registered", "duplicate", "failed", "rejected"}
-FILE_TEMPLATE = ROOT / "tests" / "templates" / "file-builder" / "vmware-esxi"
+FILE_TEMPLATE = TEMPLATES / "file-builder" / "vmware-esxi"
 
 
 def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2):

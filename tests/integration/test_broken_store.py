@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.harness import drop, wait_for, write_config
-from tests.test_faults import _iso, assert_registered_once
+from tests.integration.test_faults import _iso, assert_registered_once
 
 
 def _state_dir(config: Path) -> Path:

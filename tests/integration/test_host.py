@@ -21,23 +21,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from esxi_watcher.host import (
-    JOB_ENVIRONMENT_VARIABLE,
-    HostPaths,
-    HostTools,
-    JobScope,
-    ProcessInfo,
-    clean_host,
-    detach_argv,
-    end_processes,
-    find_attached_nbd,
-    find_build_processes,
-    nbd_device_of,
-    select_mounts,
-    unmount_argvs,
-)
-from esxi_watcher.procfs import parse_mountinfo, read_mounts
-from tests.test_procfs import MOUNTINFO
+from esxi_watcher.host import (JOB_ENVIRONMENT_VARIABLE, HostPaths, HostTools, ProcessInfo, clean_host,
+                               end_processes, find_attached_nbd, find_build_processes)
+from esxi_watcher.procfs import read_mounts
 
 # --- helpers: real processes ------------------------------------------------------------------
 
@@ -169,40 +155,6 @@ def make_order_recording_qemu_nbd(directory: Path, sys_block: Path) -> tuple[Pat
 
 def size_of(sys_root: Path, name: str) -> int:
     return int((sys_root / "block" / name / "size").read_text())
-
-
-# --- mountinfo --------------------------------------------------------------------------------
-
-def test_select_mounts_by_device_fuse_and_folder_deepest_first():
-    mounts = parse_mountinfo(MOUNTINFO)
-
-    by_device = select_mounts(mounts, nbd_devices=["nbd4"])
-    fuse = select_mounts(mounts, fuse_under=[Path("/tmp/packer-maas-Xy12")])
-    work = select_mounts(mounts, under=[Path("/var/lib/esxi-watcher/work/job1")])
-
-    assert sorted(m.mount_id for m in by_device) == [40, 41]
-    # deepest first, the tmpfs at the folder itself is not FUSE and stays
-    assert [m.mount_id for m in fuse] == [44, 43, 42]
-    # any type under the job's folder; job1-other is a different folder, not a child
-    assert [m.mount_id for m in work] == [45]
-
-
-def test_nbd_device_of_a_mount_is_its_source_device_without_the_partition():
-    mounts = {mount.mount_id: mount for mount in parse_mountinfo(MOUNTINFO)}
-
-    assert [nbd_device_of(mounts[n]) for n in (22, 40, 41, 42, 48)] == [None, "nbd4", "nbd4", None, "nbd2"]
-
-
-def test_unmount_and_detach_commands_are_argv_lists():
-    fuse, block = parse_mountinfo(MOUNTINFO[MOUNTINFO.index(b"42 22") :])[0], parse_mountinfo(MOUNTINFO)[1]
-    tools = HostTools(umount="/sbin/umount", fusermount="fusermount3")
-
-    assert unmount_argvs(fuse, tools) == [
-        ["fusermount3", "-u", "-z", "/tmp/packer-maas-Xy12/p1"],
-        ["/sbin/umount", "-l", "/tmp/packer-maas-Xy12/p1"],
-    ]
-    assert unmount_argvs(block, tools) == [["/sbin/umount", "/tmp/tmp.AbC"], ["/sbin/umount", "-l", "/tmp/tmp.AbC"]]
-    assert detach_argv("nbd4", HostPaths(dev_root=Path("/x/dev"))) == ["qemu-nbd", "-d", "/x/dev/nbd4"]
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -338,17 +290,6 @@ def test_class_block_is_read_when_block_is_absent(tmp_path):
     assert [(d.name, d.size, d.owner_alive) for d in devices] == [("nbd4", 2048, False)]
 
 
-# --- clean_host -------------------------------------------------------------------------------
-
-
-def test_job_scope_start_up_and_after_a_failed_build():
-    start_up = JobScope(live_jobs={"running"}, dead_jobs=None)
-    after_failure = JobScope(live_jobs={"running"}, dead_jobs={"failed", "running"})
-
-    assert [start_up.is_dead(j) for j in ("old", "running", None)] == [True, False, False]
-    assert [after_failure.is_dead(j) for j in ("failed", "old", "running", None)] == [True, False, False, False]
-
-
 def test_clean_host_ends_dead_jobs_and_detaches_only_stale_devices(tmp_path, spawner):
     dead_job, live_job, unlisted_job = new_job(), new_job(), new_job()
     leader, child = start_group(spawner, dead_job)
@@ -420,20 +361,6 @@ def test_clean_host_reports_a_failed_detach_and_goes_on(tmp_path):
     timed_out = clean_host(paths, live_jobs=set(), dead_jobs=set(), tools=HostTools(qemu_nbd=str(hanging), timeout=0.5))
     assert time.monotonic() - started < 10
     assert [f.reason for f in timed_out.failed] == ["hanging-qemu-nbd exited -9: (killed after 0.5s)"] * 2
-
-
-def test_clean_host_reads_mounts_from_its_proc_root_and_reports_an_unreadable_one(tmp_path):
-    proc_root = tmp_path / "proc"
-    (proc_root / "self").mkdir(parents=True)
-    paths = HostPaths(sys_root=tmp_path / "sys", proc_root=proc_root, tmp_root=tmp_path / "tmp")
-
-    unreadable = clean_host(paths, live_jobs=set(), dead_jobs=set())
-    (proc_root / "self" / "mountinfo").write_bytes(MOUNTINFO)
-    readable = clean_host(paths, live_jobs=set(), dead_jobs=set())
-
-    assert [(f.kind, f.name) for f in unreadable.failed] == [("mount", "mountinfo")]
-    # the prepared tree's FUSE mounts in /tmp/packer-maas-Xy12 are not under this tmp_root
-    assert readable.failed == [] and readable.unmounted == [] and readable.processes_ended == []
 
 
 @pytest.fixture
@@ -541,7 +468,6 @@ def test_clean_host_unmounts_fuse_leftovers_of_dead_jobs_only(tmp_path, spawner,
     assert left[str(tmp_root / "packer-maas-CCCC")].endswith(f"of job {live_job}")
     assert left[str(tmp_root / "packer-maas-DDDD")].endswith("not started by esxi-watcher")
     assert report.failed == []
-
 
 
 def test_fuse_leftover_is_unmounted_with_umount_when_fusermount_is_missing(tmp_path, spawner, fuse_points):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.harness import ROOT, DaemonProcess, drop, wait_for, write_config
-from tests.test_faults import _iso, assert_registered_once
+from tests.integration.test_faults import _iso, assert_registered_once
 
 
 def _ready(daemon) -> None:

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -26,8 +25,8 @@ from maas.client.utils import sign
 from maas.client.utils.creds import Credentials
 
 from tests.maas_simulator import ImageUnavailable, MaasSimulator
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 ESXI = "esxi/8.0"
 ARCH = "amd64/generic"
 CHUNK = 4096

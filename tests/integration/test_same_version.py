@@ -7,18 +7,9 @@ import gzip
 import hashlib
 from pathlib import Path
 
-from esxi_watcher.naming import content_tag, distinct_name, distinct_title
 from tests.harness import drop, write_config
 from tests.isogen import make_esxi_iso
-
-NAME = "esxi/8.0.2-22380479"
-SHA = "3FA1C29E" + "0" * 56
-
-
-def test_the_tag_is_the_first_8_hex_digits_of_the_sha256():
-    assert content_tag(SHA) == "3fa1c29e"
-    assert distinct_name(NAME, SHA) == "esxi/8.0.2-22380479-3fa1c29e"
-    assert distinct_title("VMware ESXi 8.0U2 22380479", SHA) == "VMware ESXi 8.0U2 22380479 [3fa1c29e]"
+from tests.unit.test_same_version import NAME
 
 
 def _sha256(path: Path) -> str:

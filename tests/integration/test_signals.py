@@ -9,7 +9,7 @@ import time
 import yaml
 
 from tests.harness import drop, no_processes_of, wait_for, write_config
-from tests.test_faults import NAME, _iso, assert_registered_once
+from tests.integration.test_faults import NAME, _iso, assert_registered_once
 
 # The test template's build, three seconds slower: time to signal the daemon while it runs.
 SLOW = ["sh", "-c", 'sleep 3 && exec packer build -var "vmware_esxi_iso_path=$1" vmware-esxi.json',
@@ -117,15 +117,3 @@ def test_sigquit_mid_build_stops_cleanly_with_no_build_left(tmp_path, simulator,
     assert daemon.job_for(iso.name)["state"] == "queued"  # built again on the next start
 
 
-def test_reloaded_keeps_the_folders_and_takes_the_rest():
-    from esxi_watcher.config import parse_config, reloaded
-
-    running = parse_config({"drop_dir": "/srv/drop", "state_dir": "/srv/state"})
-    loaded = parse_config({"drop_dir": "/srv/new-drop", "state_dir": "/srv/state",
-                           "watch": {"settle": "9s", "rescan_interval": "1m"},
-                           "maas": {"name_template": "esxi/{version}-lab"}, "log": {"level": "debug"}})
-    config, kept, changed = reloaded(running, loaded)
-    assert kept == ["drop_dir", "watch.settle"]
-    assert changed == ["watch.rescan_interval", "maas.name_template", "log.level"]
-    assert config.drop_dir == running.drop_dir and config.watch.settle == running.watch.settle
-    assert config.maas.name_template == "esxi/{version}-lab" and config.log.level == "debug"

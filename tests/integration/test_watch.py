@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from esxi_watcher.watch import DropWatcher, is_temporary_name, open_for_writing
+from esxi_watcher.watch import DropWatcher
 
 SETTLE = 0.6
 
@@ -40,14 +40,6 @@ def collect(watcher: DropWatcher, seconds: float, known=frozenset()) -> list[tup
     return found
 
 
-@pytest.mark.parametrize("name, temporary", [
-    ("VMware-ESXi.iso", False), (".VMware-ESXi.iso.Xa81k2", True), ("x.iso.part", True),
-    ("x.iso.crdownload", True), ("x.iso.tmp", True), ("x.iso", False), ("x.ISO~", True),
-])
-def test_temporary_names(name, temporary):
-    assert is_temporary_name(name) is temporary
-
-
 def test_slow_writer_is_not_handed_out_before_it_closes(watcher, tmp_path):
     target = watcher.drop_dir / "slow.iso"
     # Writes 6 pieces, 1.1 s apart (each pause is longer than the settle period), then closes.
@@ -71,14 +63,6 @@ def test_slow_writer_is_not_handed_out_before_it_closes(watcher, tmp_path):
     assert handed_out_while_writing == []
     assert found == [target]
     assert target.stat().st_size == 6 * 65536
-
-
-def test_writer_check_sees_open_file(tmp_path):
-    path = tmp_path / "open.iso"
-    with open(path, "wb") as handle:
-        handle.write(b"abc")
-        assert open_for_writing(path)
-    assert not open_for_writing(path)
 
 
 def test_cp_is_handed_out_once_after_settling(watcher, tmp_path):

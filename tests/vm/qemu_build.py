@@ -11,7 +11,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "qemu" / "vmware-esxi"
+from tests.paths import TEMPLATES
+
+TEMPLATE_DIR = TEMPLATES / "qemu" / "vmware-esxi"
 # config build.command for the test template: the daemon's usual -var, plus TCG (KVM cannot run
 # guests on these machines, see esxi_watcher.kvm).
 TCG_BUILD_COMMAND = ("packer", "build", "-var", "vmware_esxi_iso_path={iso}",

@@ -56,15 +56,19 @@ def run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = N
 
 
 def install_host_packages() -> None:
-    """Install the host packages that are missing (apt-get, as root)."""
+    """Install the host packages and the package's Build-Depends that are missing (apt-get, as root)."""
     missing = [name for name in HOST_PACKAGES
                if subprocess.run(["dpkg-query", "-W", "-f=${Status}", name], capture_output=True,
                                  text=True).stdout != "install ok installed"]
-    if not missing:
-        return
-    run(["apt-get", "-o", "Acquire::Retries=5", "update", "-qq"])
-    run(["apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends", *missing],
-        env=system_env(DEBIAN_FRONTEND="noninteractive"))
+    if missing:
+        run(["apt-get", "-o", "Acquire::Retries=5", "update", "-qq"])
+        run(["apt-get", "-o", "Acquire::Retries=5", "install", "-y", "-qq", "--no-install-recommends",
+             *missing], env=system_env(DEBIAN_FRONTEND="noninteractive"))
+    # debian/control's Build-Depends, among them what the unit tests of dh_auto_test need.
+    if subprocess.run(["dpkg-checkbuilddeps"], cwd=REPO, capture_output=True).returncode != 0:
+        run(["apt-get", "-o", "Acquire::Retries=5", "update", "-qq"])
+        run(["apt-get", "-o", "Acquire::Retries=5", "build-dep", "-y", "-qq", "--no-install-recommends", "./"],
+            cwd=REPO, env=system_env(DEBIAN_FRONTEND="noninteractive"))
 
 
 def source_files() -> list[str]:

@@ -10,7 +10,7 @@ the root, with this tree bound at /src. pip inside trusts what the host trusts
 (the host's CA bundle is bound over the root's, as a TLS-inspecting proxy needs) and gets the host's
 proxy and index settings.
 
-    python3 -m tests.system.python_root sid -q tests/test_iso.py
+    python3 -m tests.system.python_root sid -q tests/unit/test_iso.py
 """
 
 from __future__ import annotations

@@ -177,6 +177,23 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
         assert simulator.api_key not in container.run(
             ["journalctl", "-u", "esxi-watcher", "--no-pager"]).stdout
 
+        # Each line reaches journald with its priority: a text file named x.iso is rejected with a
+        # warning, which `journalctl -p warning` shows without the info lines (daemon.ready,
+        # job.queued) that the whole journal holds too.
+        container.path("/var/lib/esxi-drop/x.iso").write_text("a text file, not an ISO\n")
+        wait_for("x.iso in rejected/", lambda: container.path("/var/lib/esxi-drop/rejected/x.iso").is_file(),
+                 timeout=60)
+        warning_journal = ["journalctl", "-u", "esxi-watcher", "-p", "warning", "-o", "cat", "--no-pager"]
+        wait_for("job.rejected in the journal at priority warning",
+                 lambda: "job.rejected" in container.run(warning_journal).stdout, timeout=30)
+        warnings = container.show(warning_journal, "journalctl -u esxi-watcher -p warning -o cat")
+        assert any("job.rejected" in line and "x.iso" in line for line in warnings.splitlines()), warnings
+        assert "daemon.ready" not in warnings and "job.queued" not in warnings, warnings
+        assert not any(line.startswith("<") for line in warnings.splitlines()), warnings  # prefix taken
+        everything = container.run(["journalctl", "-u", "esxi-watcher", "-o", "cat", "--no-pager"]).stdout
+        assert all(event in everything for event in ("daemon.ready", "job.queued", "job.rejected")), \
+            everything
+
         # Alive past two watchdog periods since the restart, never restarted: the pings arrive.
         time.sleep(2 * WATCHDOG_SECONDS)
         alive = unit_properties(container, "ActiveState", "NRestarts", "WatchdogUSec")

@@ -217,6 +217,21 @@ def no_processes_of(marker_value: str | None = None) -> list[int]:
 
 
 
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process pid has path open (one of its /proc/PID/fd links points at it)."""
+    try:
+        descriptors = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            if os.readlink(descriptor) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def marker_of(pid: int) -> str:
     try:
         for variable in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):

@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import os
 import signal
-import time
 
 import pytest
 
@@ -109,7 +108,9 @@ def test_sigterm_mid_build_stops_fast_and_loses_nothing(tmp_path, simulator, dae
     dropped = drop(esxi_iso, daemon.drop_dir)
     job = daemon.wait_for_state(dropped.name, "building")
     wait_for(lambda: no_processes_of(daemon.marker(job["id"])), 30, "the build's processes to start")
-    time.sleep(1)
+    build_log = daemon.state_dir / "logs" / f"{job['id']}.log"
+    wait_for(lambda: "shape-disk: hanging" in build_log.read_text(errors="replace"), 30,
+             "the build to reach its hanging step")
     took = daemon.stop(signal.SIGTERM)
     assert took < 10, f"the daemon took {took:.1f} s to stop"
     assert daemon.process.returncode == 0

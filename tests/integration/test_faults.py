@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import marker_of, drop, no_processes_of, wait_for, write_config
+from tests.harness import drop, holds_open, marker_of, no_processes_of, wait_for, write_config
 from tests.isogen import make_esxi_iso
 
 NAME = "esxi/8.0.2-22380479"
@@ -53,8 +53,8 @@ def test_kill9_while_inspecting(tmp_path, simulator, daemon_factory):
     config = write_config(tmp_path / "site", simulator)
     daemon = daemon_factory(config)
     iso = _iso(tmp_path, "inspect", payload=300 << 20)  # hashing 300 MiB takes a while
-    drop(iso, daemon.drop_dir)
-    time.sleep(1.2)  # past the settle period: intake is reading it now
+    dropped = drop(iso, daemon.drop_dir)
+    wait_for(lambda: holds_open(daemon.process.pid, dropped), 30, "intake to read the ISO", interval=0.02)
     daemon.stop(signal.SIGKILL)
     restarted = daemon_factory(config)
     assert_registered_once(simulator, restarted, iso)
@@ -107,11 +107,11 @@ def test_kill9_leaves_a_stubborn_build_that_the_restart_ends(tmp_path, simulator
 
 def test_kill9_while_uploading(tmp_path, simulator, daemon_factory):
     config = write_config(tmp_path / "site", simulator)
-    simulator.inject("delay", seconds=4, method="PUT", path="/upload/")
+    delay = simulator.inject("delay", seconds=4, method="PUT", path="/upload/")
     daemon = daemon_factory(config)
     iso = drop(_iso(tmp_path, "upload"), daemon.drop_dir)
     daemon.wait_for_state(iso.name, "uploading")
-    time.sleep(1)
+    wait_for(lambda: delay.fired, 30, "the simulator to hold the first chunk")
     daemon.stop(signal.SIGKILL)
     restarted = daemon_factory(config)
     assert_registered_once(simulator, restarted, iso)

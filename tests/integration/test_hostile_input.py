@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -137,7 +136,8 @@ def test_file_replaced_while_queued_is_taken_as_new(tmp_path, simulator, daemon_
 
 def test_drop_dir_removed_and_recreated(tmp_path, site):
     shutil.rmtree(site.drop_dir)
-    time.sleep(1.5)
+    wait_for(lambda: any(event.get("event") == "watch.rearmed" and event.get("exists") is False
+                         for event in site.log_events()), 30, "the daemon to see the drop dir gone")
     site.drop_dir.mkdir()
     dropped = drop(_esxi(tmp_path, "recreated"), site.drop_dir, "recreated.iso")
     assert _final(site, dropped.name)["state"] == "registered"

@@ -237,7 +237,7 @@ class Container:
         mounted_run = ensure_nspawn_runtime_dir()
         console_log = root.with_name(root.name + ".console.log")
         argv = ["systemd-nspawn", "--register=no", "--keep-unit", "-D", str(root), "-b",
-                "--console=read-only", f"--machine={root.name[-12:].replace('_', '-')}",
+                "--console=read-only", f"--machine={root.name[-12:].replace('_', '-').strip('-')}",
                 *[f"--bind={device}" for device in devices if Path(device).exists()]]
         print("+", " ".join(argv), flush=True)
         with open(console_log, "wb") as console:

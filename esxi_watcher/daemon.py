@@ -39,6 +39,7 @@ TICK = 0.5  # how often the main loop looks around while a build or an upload ru
 # workers also look at the store this often, for writes by other processes (`esxi-watcher retry`).
 WORKER_RECHECK = 5.0
 NO_KEY_RECHECK = 30.0
+BANNER_TIMEOUT = 30.0  # a banner is a courtesy: never hold the registrar longer than this for one
 KVM_RECHECK = 600.0
 STORE_RECHECK = 10.0
 STORE_LOCKED_RECHECK = 2.0
@@ -559,20 +560,16 @@ class Daemon:
 
     def _run_registration(self, job: Job, api_key: str, name: str, title: str):
         settings = self.config.maas
+        endpoint = maas.Endpoint(url=settings.url, api_key=api_key, request_timeout=settings.request_timeout)
 
         def progress(fraction: float) -> None:
             self.activity["registrar"] = f"uploading {name} {int(fraction * 100)}%"
 
-        def on_retry(reason: str, wait: float) -> None:
-            self.activity["registrar"] = f"waiting for MAAS: {redact(reason)}, retry in {_for_humans(wait)}"
-
         async def register():
             task = asyncio.ensure_future(maas.register_image(
-                url=settings.url, api_key=api_key, name=name, title=title,
-                architecture=settings.architecture, artifact=Path(job.artifact), sha256=_sha256_file(job.artifact),
-                size=os.path.getsize(job.artifact), progress=progress, on_retry=on_retry,
-                request_timeout=settings.request_timeout, retries=3,
-                retry_max_wait=min(30.0, settings.retry_max_wait)))
+                endpoint, name=name, title=title, architecture=settings.architecture,
+                artifact=Path(job.artifact), sha256=_sha256_file(job.artifact),
+                size=os.path.getsize(job.artifact), progress=progress))
             while not task.done():
                 if self.stop_event.is_set():
                     task.cancel()
@@ -606,11 +603,26 @@ class Daemon:
 
     def _notify_admins(self, api_key: str, message: str, category: str, ident: str) -> None:
         settings = self.config.maas
+        endpoint = maas.Endpoint(url=settings.url, api_key=api_key,
+                                 request_timeout=min(BANNER_TIMEOUT, settings.request_timeout))
         try:
-            asyncio.run(maas.notify_admins(url=settings.url, api_key=api_key, message=message,
-                                           category=category, ident=ident))
+            asyncio.run(maas.post_banner(endpoint, ident=ident, message=message, category=category))
         except Exception as error:  # a banner is a courtesy; never fail a job for it
-            log.warning("notify.failed", error=redact(str(error)))
+            log.warning("notify.failed", ident=ident, error=redact(str(error)))
+
+    def _failure_banner(self, job: Job, reason: str) -> None:
+        """Tell MAAS's admins a job failed at registration; same ident as the success banner, which
+        replaces it once `esxi-watcher retry` succeeds."""
+        if not self.config.maas.notify:
+            return
+        try:
+            api_key = maas.read_api_key(self.config.maas.api_key_file)
+        except EsxiWatcherError:
+            return
+        first_line = (reason.splitlines() or [""])[0]
+        self._notify_admins(api_key, f"esxi-watcher could not register {job.resource or job.iso} from {job.iso}: "
+                                     f"{first_line.rstrip('.')}. Then `esxi-watcher retry {job.id}` tries again.",
+                            "error", f"esxi-watcher-{job.id}")
 
     # ----- shared -----
 
@@ -641,6 +653,8 @@ class Daemon:
         self.store.update(job.id, state=FAILED, failed_stage=stage, error=reason, pgid=None, stage=None)
         log.error("job.failed", job=job.id, iso=job.iso, stage=stage, reason=reason)
         self._finish_move(self.store.get(job.id))
+        if stage == "register":
+            self._failure_banner(job, reason)
 
 
 def _sha256_file(path: str) -> str:

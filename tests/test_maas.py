@@ -13,7 +13,10 @@ import pytest
 from maas.client.utils.creds import Credentials
 
 from esxi_watcher import maas
-from esxi_watcher.errors import BadApiKeyFile, EsxiWatcherError, MaasAuthError, MissingApiKey
+from esxi_watcher.errors import (BadApiKeyFile, BytesHeldElsewhere, EsxiWatcherError, ImageNotComplete,
+                                 MaasAuthError, MaasUnavailable, MissingApiKey)
+from esxi_watcher.maas.upload import put_chunk, upload_session
+from tests.maas_simulator import MaasSimulator
 
 KEY = "ConsumerKeyAbc:TokenKeyDefGhi:TokenSecretJklMnoPqr"
 
@@ -128,12 +131,11 @@ def test_a_chunk_whose_connection_drops_is_not_sent_again():
 
         server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        url = f"http://127.0.0.1:{port}/MAAS/api/2.0/"
-        client = maas._Client(None, url, Credentials.parse(KEY), 5, maas._secrets(KEY))
+        url = f"http://127.0.0.1:{port}/MAAS/api/2.0/boot-resources/1/upload/1/"
         try:
-            async with client.upload_session() as http:
-                with pytest.raises(maas._Transient) as raised:
-                    await client.put_chunk(http, url + "boot-resources/1/upload/1/", b"x" * 100_000)
+            async with upload_session(5) as http:
+                with pytest.raises(MaasUnavailable) as raised:
+                    await put_chunk(http, url, b"x" * 100_000, Credentials.parse(KEY), timeout=5)
         finally:
             server.close()
             await server.wait_closed()
@@ -141,15 +143,16 @@ def test_a_chunk_whose_connection_drops_is_not_sent_again():
 
     connections, error = asyncio.run(scenario())
     assert len(connections) == 1
-    assert error.reason.startswith("connection dropped")  # aiohttp 3.8 never re-sends; newer ones try
+    assert str(error).startswith("connection dropped")  # aiohttp 3.8 never re-sends; newer ones try
     assert b"oauth_signature_method=\"PLAINTEXT\"" in connections[0]
 
 
+def test_the_endpoint_never_shows_its_key():
+    endpoint = maas.Endpoint("http://maas:5240/MAAS/", KEY)
+    assert "Token" not in repr(endpoint) and "Token" not in str(endpoint)
+
+
 # ----- registering against the MAAS simulator ----------------------------------------------
-
-from tests.maas_simulator import MaasSimulator  # noqa: E402
-
-from esxi_watcher.errors import BytesHeldElsewhere, ImageNotComplete, MaasUnavailable  # noqa: E402
 
 NAME = "esxi/8.0.2-22380479"
 ARCH = "amd64/generic"
@@ -189,28 +192,15 @@ def modes(*names):
     return pytest.mark.parametrize("simulator", names, indirect=True)
 
 
-class Calls:
-    """Records what register_image reports through its callbacks."""
-
-    def __init__(self):
-        self.progress: list[float] = []
-        self.retries: list[tuple[str, float]] = []
-
-    def on_progress(self, fraction: float) -> None:
-        self.progress.append(fraction)
-
-    def on_retry(self, reason: str, wait: float) -> None:
-        self.retries.append((reason, wait))
-
-
-def register(simulator, artifact: Artifact, name: str = NAME, calls: Calls | None = None, **overrides):
-    calls = calls or Calls()
-    arguments = dict(url=simulator.url, api_key=simulator.api_key, name=name, title="VMware ESXi 8.0.2",
-                     architecture=ARCH, artifact=artifact.path, sha256=artifact.sha256, size=artifact.size,
-                     progress=calls.on_progress, on_retry=calls.on_retry, request_timeout=10, retries=3,
-                     retry_max_wait=0.01, chunk_size=1 * MiB, complete_timeout=5, poll_interval=0.02)
+def register(simulator, artifact: Artifact, name: str = NAME, progress=None, *, url: str | None = None,
+             api_key: str | None = None, request_timeout: float = 10, **overrides) -> maas.Registration:
+    """One registration attempt, as a caller makes it (1 MiB chunks, so a 3 MiB image takes four)."""
+    endpoint = maas.Endpoint(url or simulator.url, api_key or simulator.api_key, request_timeout)
+    arguments = dict(name=name, title="VMware ESXi 8.0.2", architecture=ARCH, artifact=artifact.path,
+                     sha256=artifact.sha256, size=artifact.size, progress=progress, chunk_size=1 * MiB,
+                     complete_timeout=5, poll_interval=0.02)
     arguments.update(overrides)
-    return maas.register_image_sync(**arguments)
+    return asyncio.run(maas.register_image(endpoint, **arguments))
 
 
 def requests(simulator, method: str, path: str = "", status: int | None = None) -> list[dict]:
@@ -218,28 +208,32 @@ def requests(simulator, method: str, path: str = "", status: int | None = None) 
             and (status is None or r["status"] == status)]
 
 
+def uploaded(simulator) -> list[dict]:
+    return [r for r in simulator.resources() if r["type"] == "Uploaded"]
+
+
 def uploaded_resource(simulator, name: str = NAME) -> dict:
-    return next(r for r in simulator.resources() if r["name"] == name and r["type"] == "Uploaded")
+    return next(r for r in uploaded(simulator) if r["name"] == name)
 
 
 @modes("3.8", "3.5", "3.4")
 def test_registers_a_ddgz_image(simulator, artifact):
-    calls = Calls()
-    registration = register(simulator, artifact, calls=calls)
+    progress = []
+    registration = register(simulator, artifact, progress=progress.append)
 
     resource = uploaded_resource(simulator)
     version, newest = maas.newest_set(resource)
     (rfile,) = newest["files"].values()
     assert registration == maas.Registration(
         resource_id=resource["id"], name=NAME, architecture=ARCH, set_version=version, sha256=artifact.sha256,
-        size=artifact.size, uploaded=True, bytes_sent=artifact.size)
+        uploaded=True)
     assert newest["complete"] and rfile["complete"] and rfile["sha256"] == artifact.sha256
     assert rfile["filetype"] == "root-dd.gz" and resource["title"] == "VMware ESXi 8.0.2"
     assert simulator.file_bytes(NAME) == artifact.data
-    assert calls.progress[0] == 0.0 and calls.progress[-1] == 1.0 and calls.progress == sorted(calls.progress)
+    assert progress[0] == 0.0 and progress[-1] == 1.0 and progress == sorted(progress)
     puts = requests(simulator, "PUT", "/upload/")
     assert len(puts) == 4 and all(put["status"] == 200 for put in puts)  # 3 MiB of noise gzips to just over 3 MiB
-    assert calls.retries == []
+    assert sum(put["bytes"] for put in puts) == artifact.size
 
 
 @modes("3.8", "3.5", "3.4")
@@ -249,7 +243,7 @@ def test_the_same_bytes_under_the_same_name_again_change_nothing(simulator, arti
 
     again = register(simulator, artifact)
 
-    assert again == maas.Registration(**{**first.__dict__, "uploaded": False, "bytes_sent": 0})
+    assert again == maas.Registration(**{**first.__dict__, "uploaded": False})
     later = simulator.requests[requests_before:]
     assert [r for r in later if r["method"] != "GET"] == []
     assert len(uploaded_resource(simulator)["sets"]) == 1
@@ -266,18 +260,20 @@ def test_bytes_held_by_another_image_on_maas_38_are_not_uploaded(simulator, arti
     message = str(raised.value)
     assert NAME in message and f"resource {first.resource_id}" in message and "delete" in message
     assert [r for r in simulator.requests[requests_before:] if r["method"] != "GET"] == []
-    assert [r["name"] for r in simulator.resources() if r["type"] == "Uploaded"] == [NAME]
+    assert [r["name"] for r in uploaded(simulator)] == [NAME]
     assert simulator.file_bytes(NAME) == artifact.data
 
 
 @modes("3.5", "3.4")
 def test_bytes_held_by_another_image_before_maas_38_are_registered_again(simulator, artifact):
     register(simulator, artifact)
+    requests_before = len(simulator.requests)
 
     copy = register(simulator, artifact, name="esxi/8.0.2-copy")
 
     assert copy.uploaded and copy.sha256 == artifact.sha256
-    assert copy.bytes_sent == (0 if simulator.mode == "3.4" else artifact.size)  # 3.4 links the large object
+    sent = sum(r["bytes"] for r in simulator.requests[requests_before:] if r["method"] == "PUT")
+    assert sent == (0 if simulator.mode == "3.4" else artifact.size)  # 3.4 links the large object
     assert simulator.file_bytes("esxi/8.0.2-copy") == artifact.data
     assert simulator.file_bytes(NAME) == artifact.data
 
@@ -303,12 +299,11 @@ def test_a_new_build_under_the_same_name_adds_a_set_and_keeps_the_old_one(simula
     assert simulator.file_bytes(NAME) == other_artifact.data
 
 
-def drop_after_first_chunk(simulator, calls: Calls, appended: str = "received"):
+def drop_second_chunk(simulator, appended: str = "received"):
     """Make the second chunk's connection drop midway, once."""
     fired = []
 
     def on_progress(fraction):
-        calls.on_progress(fraction)
         if 0 < fraction < 1 and not fired:
             fired.append(simulator.inject("drop", after_bytes=300_000, appended=appended))
 
@@ -317,19 +312,22 @@ def drop_after_first_chunk(simulator, calls: Calls, appended: str = "received"):
 
 @modes("3.8", "3.5", "3.4")
 @pytest.mark.parametrize("appended", ["none", "received", "all"])
-def test_an_upload_dropped_midway_starts_over_and_registers(simulator, artifact, appended):
-    calls = Calls()
-    on_progress, fired = drop_after_first_chunk(simulator, calls, appended)
+def test_an_upload_dropped_midway_ends_the_attempt_and_the_next_one_registers(simulator, artifact, appended):
+    on_progress, fired = drop_second_chunk(simulator, appended)
 
-    registration = register(simulator, artifact, calls=calls, progress=on_progress)
+    with pytest.raises(MaasUnavailable) as raised:
+        register(simulator, artifact, progress=on_progress)
+    assert str(raised.value).startswith("connection dropped") and fired[0].fired == 1
+    assert uploaded(simulator) == []  # the half-made resource was deleted, not left over
+    assert requests(simulator, "PUT", "/upload/", status=400) == []
 
-    assert fired[0].fired == 1
-    assert len(calls.retries) == 1 and calls.retries[0][0].startswith("connection dropped")
+    registration = register(simulator, artifact)
+
     assert registration.sha256 == artifact.sha256 and registration.uploaded
     assert simulator.file_bytes(NAME) == artifact.data
-    (resource,) = [r for r in simulator.resources() if r["type"] == "Uploaded"]
-    assert resource["id"] == registration.resource_id  # the half-made resource was deleted, not left over
-    # 3.8 keeps the partial shared file past the delete: the first re-upload gets `Too much data received.`
+    assert [r["id"] for r in uploaded(simulator)] == [registration.resource_id]
+    # 3.8 keeps the partial shared file past the delete: the first re-upload gets `Too much data
+    # received.`, and the attempt starts over by itself (a MAAS rule, not an outage)
     too_much = requests(simulator, "PUT", "/upload/", status=400)
     assert len(too_much) == (1 if simulator.mode == "3.8" else 0)
 
@@ -337,11 +335,10 @@ def test_an_upload_dropped_midway_starts_over_and_registers(simulator, artifact,
 @modes("3.8", "3.5")
 def test_a_failed_upload_of_a_new_build_leaves_the_old_image_usable(simulator, artifact, other_artifact):
     register(simulator, artifact)
-    calls = Calls()
-    on_progress, _ = drop_after_first_chunk(simulator, calls)
+    on_progress, _ = drop_second_chunk(simulator)
 
     with pytest.raises(MaasUnavailable, match="connection dropped"):
-        register(simulator, other_artifact, calls=calls, progress=on_progress, retries=0)
+        register(simulator, other_artifact, progress=on_progress)
     assert simulator.file_bytes(NAME) == artifact.data
 
     registration = register(simulator, other_artifact)  # 3.8: `Too much data received.` once, then a fresh set
@@ -349,52 +346,51 @@ def test_a_failed_upload_of_a_new_build_leaves_the_old_image_usable(simulator, a
     assert uploaded_resource(simulator)["sets"][registration.set_version]["complete"]
 
 
-def test_server_errors_are_retried_with_on_retry_told(simulator, artifact):
-    simulator.inject("status", status=500, count=3)
-    calls = Calls()
+def test_a_server_error_ends_the_attempt_at_once_unavailable(simulator, artifact):
+    simulator.inject("status", status=500, count=1)
 
-    registration = register(simulator, artifact, calls=calls)
+    with pytest.raises(MaasUnavailable) as raised:
+        register(simulator, artifact)
 
-    assert [reason for reason, _ in calls.retries] == ["HTTP 500"] * 3
-    assert all(0 <= wait <= 0.01 for _, wait in calls.retries)
-    assert simulator.file_bytes(NAME) == artifact.data and registration.uploaded
+    assert str(raised.value) == "HTTP 500"
+    assert [r["status"] for r in simulator.requests] == [500]  # one attempt: no second call, no wait
+    assert register(simulator, artifact).uploaded and simulator.file_bytes(NAME) == artifact.data
 
 
-def test_a_503_on_a_chunk_starts_the_upload_over(simulator, artifact):
+def test_a_503_on_a_chunk_ends_the_attempt_and_removes_the_half_made_image(simulator, artifact):
     simulator.inject("status", status=503, method="PUT", path="/upload/")
-    calls = Calls()
 
-    register(simulator, artifact, calls=calls)
+    with pytest.raises(MaasUnavailable, match="^HTTP 503$"):
+        register(simulator, artifact)
+    assert uploaded(simulator) == [] and len(requests(simulator, "PUT")) == 1
 
-    assert [reason for reason, _ in calls.retries] == ["HTTP 503"]
-    assert simulator.file_bytes(NAME) == artifact.data
-    assert len([r for r in simulator.resources() if r["type"] == "Uploaded"]) == 1
+    register(simulator, artifact)
+    assert simulator.file_bytes(NAME) == artifact.data and len(uploaded(simulator)) == 1
 
 
-def test_a_wrong_key_fails_at_once_without_a_retry_storm(tmp_path, artifact):
+def test_a_wrong_key_fails_at_once(tmp_path, artifact):
     with MaasSimulator(tmp_path / "maas", mode="3.8") as simulator:
-        calls = Calls()
         wrong = "WrongConsumer:WrongTokenKey:WrongTokenSecret"
         with pytest.raises(MaasAuthError) as raised:
-            register(simulator, artifact, calls=calls, api_key=wrong)
+            register(simulator, artifact, api_key=wrong)
         assert "HTTP 401" in str(raised.value) and "maas apikey --username=" in str(raised.value)
         assert "Wrong" not in str(raised.value)
         assert len([r for r in simulator.requests if r["status"] == 401]) == 1
-        assert calls.retries == [] and requests(simulator, "POST") == []
+        assert requests(simulator, "POST") == []
 
 
 @pytest.mark.parametrize("status", [401, 403])
-def test_an_auth_refusal_on_create_is_not_retried(simulator, artifact, status):
+def test_an_auth_refusal_on_create_raises_auth_error(simulator, artifact, status):
     simulator.inject("status", status=status, method="POST", path="/boot-resources/", count=5)
-    calls = Calls()
     with pytest.raises(MaasAuthError, match=f"HTTP {status}"):
-        register(simulator, artifact, calls=calls)
-    assert calls.retries == [] and len(requests(simulator, "POST")) == 1
+        register(simulator, artifact)
+    assert len(requests(simulator, "POST")) == 1
 
 
 def test_a_refusal_names_the_reason(simulator, artifact):
-    with pytest.raises(maas.MaasError, match="Unsupport operating system"):
+    with pytest.raises(maas.MaasError, match="Unsupport operating system") as raised:
         register(simulator, artifact, name="vmware/8.0")
+    assert not isinstance(raised.value, MaasUnavailable)
     assert requests(simulator, "POST", status=400)
 
 
@@ -404,60 +400,50 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_maas_down_raises_unavailable_after_the_bounded_retries(artifact):
-    calls = Calls()
-    url = f"http://127.0.0.1:{free_port()}/MAAS/"
+def test_maas_down_raises_unavailable_with_a_one_line_reason(artifact):
+    endpoint = maas.Endpoint(f"http://127.0.0.1:{free_port()}/MAAS/", KEY, request_timeout=5)
     with pytest.raises(MaasUnavailable) as raised:
-        maas.register_image_sync(url=url, api_key=KEY, name=NAME, title="t", architecture=ARCH,
-                                 artifact=artifact.path, sha256=artifact.sha256, size=artifact.size,
-                                 on_retry=calls.on_retry, retries=2, retry_max_wait=0.01)
-    assert "connection refused" in str(raised.value) and "3 tries" in str(raised.value)
-    assert [reason for reason, _ in calls.retries] == ["connection refused"] * 2
+        asyncio.run(maas.register_image(endpoint, name=NAME, title="t", architecture=ARCH,
+                                        artifact=artifact.path, sha256=artifact.sha256, size=artifact.size))
+    assert str(raised.value) == "connection refused"
 
 
 PROXY_PAGE = "<html><body>Please log in to the proxy</body></html>"
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_an_answer_that_is_not_maas_json_is_named_and_retried(simulator, artifact, method):
+def test_an_answer_that_is_not_maas_json_is_named_and_unavailable(simulator, artifact, method):
     # A proxy's login page or a web server that is not MAAS, with HTTP 200, then MAAS itself again.
     simulator.inject("status", status=200, body=PROXY_PAGE, method=method, path="/boot-resources/")
-    calls = Calls()
-    registration = register(simulator, artifact, calls=calls)
-    [(reason, _)] = calls.retries
+    with pytest.raises(MaasUnavailable) as raised:
+        register(simulator, artifact)
     action = "listing boot resources" if method == "GET" else f"creating boot resource {NAME}"
+    reason = str(raised.value)
     assert reason.startswith(f"the answer to {action} is not MAAS's JSON (bytes: '<html><body>Please log")
-    assert "is maas.url the MAAS region API" in reason
+    assert "is maas.url the MAAS region API" in reason and "\n" not in reason
+    assert requests(simulator, "PUT") == []
+
+    registration = register(simulator, artifact)
     assert registration.uploaded and simulator.file_bytes(NAME) == artifact.data
 
 
-def test_an_address_that_never_answers_maas_json_ends_unavailable(simulator, artifact):
-    simulator.inject("status", status=200, body=PROXY_PAGE, method="GET", path="/boot-resources/", count=100)
-    with pytest.raises(MaasUnavailable, match="not MAAS's JSON") as raised:
-        register(simulator, artifact, retries=2)
-    assert "3 tries" in str(raised.value)
-    assert requests(simulator, "POST") == [] and requests(simulator, "PUT") == []
-
-
-def test_a_slow_maas_times_out_and_is_retried(simulator, artifact):
-    simulator.inject("delay", seconds=6.0, method="GET", path="/boot-resources/")
-    calls = Calls()
-    register(simulator, artifact, calls=calls, request_timeout=2)
-    assert [reason for reason, _ in calls.retries] == ["no answer within 2 s"]
+def test_a_slow_maas_times_out_unavailable(simulator, artifact):
+    simulator.inject("delay", seconds=4.0, method="GET", path="/boot-resources/")
+    with pytest.raises(MaasUnavailable, match="^no answer within 1 s$"):
+        register(simulator, artifact, request_timeout=1)
+    register(simulator, artifact, request_timeout=10)
     assert simulator.file_bytes(NAME) == artifact.data
 
 
 def test_waiting_for_completion_gives_up_without_uploading_again(simulator, artifact):
-    calls = Calls()
-
     def on_progress(fraction):
         if fraction == 1.0:  # every read after the upload fails: MAAS never says complete
             simulator.inject("status", status=503, method="GET", path="/boot-resources/", count=10_000)
 
     with pytest.raises(ImageNotComplete, match="HTTP 503"):
-        register(simulator, artifact, calls=calls, progress=on_progress, complete_timeout=0.3)
+        register(simulator, artifact, progress=on_progress, complete_timeout=0.3)
     assert isinstance(ImageNotComplete("x"), MaasUnavailable)
-    assert len(requests(simulator, "POST")) == 1 and calls.retries == []
+    assert len(requests(simulator, "POST")) == 1
     simulator.clear_faults()
     assert register(simulator, artifact).uploaded is False
 
@@ -470,46 +456,71 @@ def test_the_newest_set_is_found_past_the_tenth_of_a_day(simulator, tmp_path):
     assert simulator.file_bytes(NAME) == (tmp_path / "11.dd.gz").read_bytes()
 
 
-def test_the_key_never_shows_in_logs_or_errors(simulator, artifact, other_artifact):
+def key_fragments(api_key: str, width: int = 8) -> set[str]:
+    """Every `width`-character piece of each part of the key: a key cut short still shows."""
+    return {part[start:start + width] for part in api_key.split(":") for start in range(len(part) - width + 1)}
+
+
+def test_the_key_never_shows_in_errors_or_logs_even_when_a_proxy_echoes_it(simulator, artifact):
     from structlog.testing import capture_logs
 
-    secrets = maas._secrets(simulator.api_key)
+    endpoint = maas.Endpoint(simulator.url, simulator.api_key)
     errors = []
     with capture_logs() as events:
-        calls = Calls()
-        on_progress, _ = drop_after_first_chunk(simulator, calls)
-        register(simulator, artifact, calls=calls, progress=on_progress)
-        simulator.inject("status", status=401, count=1, body=f"bad token {simulator.api_key}")
-        for attempt in (lambda: register(simulator, other_artifact),
-                        lambda: register(simulator, artifact, name="esxi/copy")):
+        for method, path in (("GET", "/boot-resources/"), ("POST", "/boot-resources/"), ("PUT", "/upload/")):
+            simulator.inject("echo", status=400, method=method, path=path, body="Bad Request")
             try:
-                attempt()
-            except Exception as error:  # noqa: BLE001 - we look at every message
+                register(simulator, artifact)
+            except maas.MaasError as error:
                 errors.append(str(error))
-        asyncio.run(maas.notify_admins(url=simulator.url, api_key=simulator.api_key, message="hello",
-                                       category="info", ident="esxi-watcher-test"))
-    assert len(errors) == 2 and any("HTTP 401" in error for error in errors)
-    assert {event["event"] for event in events} >= {"maas.upload.progress", "maas.retry", "maas.registered"}
-    text = repr(events) + repr(errors) + repr(calls.retries)
-    assert not [secret for secret in secrets if secret in text]
+        simulator.inject("echo", status=400, method="POST", path="/notifications/")
+        try:
+            asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-test", message=f"hello {simulator.api_key}",
+                                         category="info"))
+        except maas.MaasError as error:
+            errors.append(str(error))
+        asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-test", message=f"hi {simulator.api_key}",
+                                     category="info"))
+    echoed = [r for r in simulator.requests if r["status"] == 400]
+    assert len(echoed) == 4 and len(errors) == 4
+    assert all("Authorization: OAuth" in error for error in errors)  # the echo reached the error...
+    assert [n["message"] for n in simulator.notifications()] == ["hi ********"]
+    text = repr(events) + repr(errors) + repr(simulator.notifications())
+    assert [piece for piece in key_fragments(simulator.api_key) if piece in text] == []  # ...the key did not
 
 
-def test_notify_admins_shows_one_banner_per_ident(simulator):
-    for message in ("first", "second"):
-        asyncio.run(maas.notify_admins(url=simulator.url, api_key=simulator.api_key, message=message,
-                                       category="error", ident="esxi-watcher-7"))
-    banners = [n for n in simulator.notifications() if n.get("ident") == "esxi-watcher-7"]
-    assert banners[-1]["message"] == "second" and banners[-1]["category"] == "error" and banners[-1]["admins"]
+def test_post_banner_keeps_one_banner_per_ident(simulator):
+    endpoint = maas.Endpoint(simulator.url, simulator.api_key)
+    for message, category in (("first", "error"), ("second", "success")):
+        asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-7", message=message, category=category))
+    asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-8", message="other", category="info"))
+
+    banners = [(n["ident"], n["message"], n["category"], n["admins"]) for n in simulator.notifications()]
+    assert banners == [("esxi-watcher-7", "second", "success", True), ("esxi-watcher-8", "other", "info", True)]
+    assert [r["status"] for r in requests(simulator, "DELETE", "/notifications/")] == [204]
 
 
-def test_notify_admins_is_best_effort():
-    from structlog.testing import capture_logs
+def test_dismiss_banner_deletes_the_ident_and_none_is_fine(simulator):
+    endpoint = maas.Endpoint(simulator.url, simulator.api_key)
+    asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-7", message="m", category="error"))
+    asyncio.run(maas.post_banner(endpoint, ident="esxi-watcher-8", message="m", category="error"))
 
-    with capture_logs() as events:
-        asyncio.run(maas.notify_admins(url=f"http://127.0.0.1:{free_port()}/MAAS/", api_key=KEY, message="m",
-                                       category="info", ident="x"))
-    assert [event["event"] for event in events] == ["maas.notify.failed"]
-    assert "connection refused" in events[0]["error"]
+    asyncio.run(maas.dismiss_banner(endpoint, ident="esxi-watcher-7"))
+    asyncio.run(maas.dismiss_banner(endpoint, ident="esxi-watcher-7"))
+
+    assert [n["ident"] for n in simulator.notifications()] == ["esxi-watcher-8"]
+
+
+def test_banners_raise_like_registration_when_maas_is_away():
+    endpoint = maas.Endpoint(f"http://127.0.0.1:{free_port()}/MAAS/", KEY)
+    with pytest.raises(MaasUnavailable, match="^connection refused$"):
+        asyncio.run(maas.post_banner(endpoint, ident="x", message="m", category="info"))
+    with pytest.raises(MaasUnavailable, match="^connection refused$"):
+        asyncio.run(maas.dismiss_banner(endpoint, ident="x"))
+
+
+def test_server_version_reads_maas_version(simulator):
+    assert asyncio.run(maas.server_version(maas.Endpoint(simulator.url, simulator.api_key))) == simulator.version
 
 
 def test_a_url_without_a_maas_api_says_so(simulator, artifact):
@@ -520,11 +531,11 @@ def test_a_url_without_a_maas_api_says_so(simulator, artifact):
 
 def test_the_default_chunks_are_64_mib_each_sent_once_in_order(simulator, tmp_path):
     big = Artifact(tmp_path / "big.dd.gz", mib=70)
-    calls = Calls()
-    register(simulator, big, calls=calls, chunk_size=maas.CHUNK_SIZE)
+    progress = []
+    register(simulator, big, progress=progress.append, chunk_size=maas.CHUNK_SIZE)
 
     puts = requests(simulator, "PUT", "/upload/")
     assert [put["bytes"] for put in puts] == [64 * MiB, big.size - 64 * MiB]
     assert all(put["status"] == 200 for put in puts)
     assert simulator.file_bytes(NAME) == big.data
-    assert calls.progress == [0.0, 64 * MiB / big.size, 1.0]  # what MAAS acknowledged, chunk by chunk
+    assert progress == [0.0, 64 * MiB / big.size, 1.0]  # what MAAS acknowledged, chunk by chunk

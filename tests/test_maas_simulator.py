@@ -743,7 +743,49 @@ def test_notifications_are_created_for_admins(maas):
     assert [n["ident"] for n in maas.notifications()] == ["esxi-watcher:x"]
 
 
+def test_one_notification_is_read_updated_dismissed_and_deleted(maas):
+    async def scenario():
+        session = await connect(maas)
+        made = await session.Notifications.create(message="first", category="info", ident="x", admins=True)
+        read = await session.Notification.read(id=made["id"])
+        updated = await session.Notification.update(id=made["id"], message="second", category="error",
+                                                    ident="x", admins=True)
+        await session.Notification.dismiss(id=made["id"])
+        await session.Notification.dismiss(id=made["id"])  # safe to repeat
+        listed_after_dismiss = await session.Notifications.read()
+        await session.Notification.delete(id=made["id"])
+        with pytest.raises(CallError) as missing:
+            await session.Notification.delete(id=made["id"])
+        return made, read, updated, listed_after_dismiss, missing.value
+
+    made, read, updated, listed, missing = run(scenario())
+    assert read == made
+    assert updated["id"] == made["id"] and (updated["message"], updated["category"]) == ("second", "error")
+    assert listed == []  # a dismissed notification is not listed to the one who dismissed it
+    assert missing.status == 404 and missing.content == b"No Notification matches the given query."
+    assert maas.notifications() == []
+    deletes = [r for r in maas.requests if r["method"] == "DELETE"]
+    assert [r["status"] for r in deletes] == [204, 404]
+
+
 # -- faults -------------------------------------------------------------------------------------
+def test_echo_fault_shows_the_authorization_header_and_query_like_a_bad_proxy(maas):
+    async def scenario():
+        session = await connect(maas)
+        maas.inject("echo", status=400, method="GET", path="/boot-resources/", body="Bad Request")
+        with pytest.raises(CallError) as caught:
+            await session.BootResources.read(type="uploaded")
+        return caught.value, await session.BootResources.read()
+
+    error, listed = run(scenario())
+    body = error.content.decode()
+    assert error.status == 400 and body.startswith("Bad Request\nRequest: GET /MAAS/api/2.0/boot-resources/")
+    assert "(query: type=uploaded)" in body
+    token_secret = maas.api_key.split(":")[2]
+    assert "Authorization: OAuth " in body and token_secret in body  # PLAINTEXT: the signature is the secret
+    assert listed  # one call only
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 401, 403])
 def test_status_faults_fail_the_next_calls(maas, status):
     async def scenario():

@@ -65,6 +65,20 @@ HANDLERS = {
                     ":param category: Optional.\n:param ident: Optional.\n"
                     ":param user: Optional.\n:param users: Optional.\n:param admins: Optional.\n"),
         ])),
+    # MAAS's NotificationHandler (src/maasserver/api/notification.py): read, update, delete
+    # (204) and op=dismiss (POST) on one notification.
+    "NotificationHandler": ("auth", _handler(
+        "NotificationHandler", "Manage an individual notification.", "notifications/{id}/", ["id"],
+        [
+            _action("read", "GET", doc="Read a notification\n\n:param {id}: Required."),
+            _action("update", "PUT", doc="Update a notification\n\n"
+                    ":param message: Required.\n:param context: Optional.\n"
+                    ":param category: Optional.\n:param ident: Optional.\n"
+                    ":param user: Optional.\n:param users: Optional.\n:param admins: Optional.\n"
+                    ":param dismissable: Optional.\n"),
+            _action("delete", "DELETE", doc="Delete a notification"),
+            _action("dismiss", "POST", op="dismiss", doc="Dismiss a notification"),
+        ])),
     "VersionHandler": ("anon", _handler(
         "VersionHandler", "Information about this MAAS instance.", "version/", [],
         [_action("read", "GET", doc="MAAS version information")])),

@@ -11,6 +11,9 @@ kinds:
   and committed; only the answer was lost).
 - "delay": sleep `seconds` before handling the next `count` matching calls.
 - "no_space": the next matching upload finds the disk full.
+- "echo": answer the next `count` matching calls with `status` and a body that repeats the
+  request line (path and query) and its Authorization header, as a badly configured proxy's
+  error page does; `body`, if given, comes first.
 Matching: `method` (e.g. "PUT") and `path` (a substring of the request path), if given.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 import threading
 from dataclasses import asdict, dataclass, field
 
-KINDS = ("status", "drop", "delay", "no_space")
+KINDS = ("status", "drop", "delay", "no_space", "echo")
 APPENDED_CHOICES = ("none", "received", "all")
 
 

@@ -244,6 +244,10 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             else:
                 length, body = self.read_body()
             self.body_length = len(body)
+            echo = faults.take("echo", self.command, path)
+            if echo is not None:
+                self.answer(echo.status, self.echoed(echo, split.query), echo.content_type)
+                return
             status_fault = faults.take("status", self.command, path)
             if status_fault is not None:
                 headers = {}
@@ -262,6 +266,14 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             self.log_call()
             if isinstance(body, UploadBody):
                 body.close()
+
+    def echoed(self, echo: Fault, query: str) -> str:
+        """A proxy's error page that shows what it received, credentials included."""
+        target = self.path if not query else "%s (query: %s)" % (self.path, query)
+        lines = [echo.body] if echo.body else []
+        lines += ["Request: %s %s" % (self.command, target),
+                  "Authorization: %s" % self.headers.get("Authorization", "(none)")]
+        return "\n".join(lines)
 
     def drop_connection(self, drop: Fault, path: str) -> None:
         """Read part (or all) of the body, keep what the region would have kept, hang up."""
@@ -328,7 +340,8 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
         method = self.command
         op = query.get("op", [None])[-1]
         parts = endpoint.strip("/").split("/")
-        if op is not None:
+        if op is not None and not (op == "dismiss" and method == "POST" and parts[0] == "notifications"
+                                   and len(parts) == 2):
             raise ApiError(400, "Unrecognised signature: method=%s op=%s" % (method, op))
         form = lambda: parse_form(self.headers.get("Content-Type", ""), body)  # noqa: E731
         if parts == ["boot-resources"]:
@@ -351,7 +364,18 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
             if method == "POST":
                 return reply_json(200, store.create_notification(form()))
             if method == "GET":
-                return reply_json(200, store.data["notifications"])
+                return reply_json(200, store.list_notifications())
+        elif parts[0] == "notifications" and len(parts) == 2:
+            if op == "dismiss":
+                store.dismiss_notification(parts[1])
+                return reply(200, "")
+            if method == "GET":
+                return reply_json(200, store.read_notification(parts[1]))
+            if method == "PUT":
+                return reply_json(200, store.update_notification(parts[1], form()))
+            if method == "DELETE":
+                store.delete_notification(parts[1])
+                return reply(204)
         else:
             raise ApiError(404, "Not Found")
         raise ApiError(405, "Method not allowed", "text/plain; charset=utf-8")

@@ -361,37 +361,84 @@ class RegionStore:
 
     def create_notification(self, fields: dict[str, str]) -> dict:
         with self.lock:
-            errors = {}
-            message = fields.get("message")
-            if not message:
-                errors["message"] = ["This field is required."]
-            category = fields.get("category") or "info"
-            if category not in ("error", "warning", "success", "info"):
-                errors["category"] = [
-                    "Select a valid choice. %s is not one of the available choices." % category]
-            if errors:
-                raise ApiError(400, json.dumps(errors), "application/json; charset=utf-8")
-            context = fields.get("context") or ""
-            try:
-                context = json.loads(context) if context.strip() else {}
-            except ValueError:
-                pass
+            cleaned = self._notification_fields(fields)
             notification_id = self._take_id("notification")
-            notification = {
-                "id": notification_id,
-                "ident": fields.get("ident") or None,
-                "user": None,
-                "users": rules.parse_boolean_field(fields.get("users")),
-                "admins": rules.parse_boolean_field(fields.get("admins")),
-                "message": message,
-                "context": context,
-                "category": category,
-                "dismissable": fields.get("dismissable") in (None, "true"),
-                "resource_uri": "%snotifications/%d/" % (API_PREFIX, notification_id),
-            }
+            notification = {"id": notification_id, **cleaned,
+                            "resource_uri": "%snotifications/%d/" % (API_PREFIX, notification_id)}
             self.data["notifications"].append(notification)
             self.save()
             return notification
+
+    @staticmethod
+    def _notification_fields(fields: dict[str, str]) -> dict:
+        """NotificationForm's checks: message required, category one of four (else 400 as JSON)."""
+        errors = {}
+        message = fields.get("message")
+        if not message:
+            errors["message"] = ["This field is required."]
+        category = fields.get("category") or "info"
+        if category not in ("error", "warning", "success", "info"):
+            errors["category"] = [
+                "Select a valid choice. %s is not one of the available choices." % category]
+        if errors:
+            raise ApiError(400, json.dumps(errors), "application/json; charset=utf-8")
+        context = fields.get("context") or ""
+        try:
+            context = json.loads(context) if context.strip() else {}
+        except ValueError:
+            pass
+        return {
+            "ident": fields.get("ident") or None,
+            "user": None,
+            "users": rules.parse_boolean_field(fields.get("users")),
+            "admins": rules.parse_boolean_field(fields.get("admins")),
+            "message": message,
+            "context": context,
+            "category": category,
+            "dismissable": fields.get("dismissable") in (None, "true"),
+        }
+
+    def notification(self, notification_id) -> dict:
+        """The notification with this id, or 404 with MAAS's wording (get_object_or_404)."""
+        for notification in self.data["notifications"]:
+            if str(notification["id"]) == str(notification_id):
+                return notification
+        raise ApiError(404, "No Notification matches the given query.")
+
+    def list_notifications(self) -> list[dict]:
+        """What MAAS lists: the notifications not dismissed (the simulator has one user)."""
+        with self.lock:
+            dismissed = set(self.data.get("dismissed_notifications", []))
+            return [n for n in self.data["notifications"] if n["id"] not in dismissed]
+
+    def read_notification(self, notification_id) -> dict:
+        with self.lock:
+            return self.notification(notification_id)
+
+    def update_notification(self, notification_id, fields: dict[str, str]) -> dict:
+        with self.lock:
+            notification = self.notification(notification_id)
+            notification.update(self._notification_fields(fields))
+            self.save()
+            return notification
+
+    def delete_notification(self, notification_id) -> None:
+        with self.lock:
+            notification = self.notification(notification_id)
+            self.data["notifications"].remove(notification)
+            dismissed = self.data.get("dismissed_notifications", [])
+            if notification["id"] in dismissed:
+                dismissed.remove(notification["id"])
+            self.save()
+
+    def dismiss_notification(self, notification_id) -> None:
+        """Hide it from the caller's listings; safe to repeat (MAAS's dismiss op)."""
+        with self.lock:
+            notification = self.notification(notification_id)
+            dismissed = self.data.setdefault("dismissed_notifications", [])
+            if notification["id"] not in dismissed:
+                dismissed.append(notification["id"])
+            self.save()
 
     # -- for tests -----------------------------------------------------------------------
     def newest_complete_file(self, name: str, architecture: str) -> dict:

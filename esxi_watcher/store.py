@@ -26,6 +26,9 @@ class _Named(str, Enum):
     def __str__(self) -> str:  # format() and str() give the text on every Python (3.12 changed it)
         return self.value
 
+    def __hash__(self) -> int:  # as its text's, so that dicts and sets find it by either
+        return str.__hash__(self)
+
 
 class State(_Named):
     """Where a job is: its build, then the outcome of its registrations (one per MAAS target)."""

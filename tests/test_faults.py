@@ -110,7 +110,7 @@ def test_kill9_while_uploading(tmp_path, simulator, daemon_factory):
     simulator.inject("delay", seconds=4, method="PUT", path="/upload/")
     daemon = daemon_factory(config)
     iso = drop(_iso(tmp_path, "upload"), daemon.drop_dir)
-    daemon.wait_for_state(iso.name, "uploading")
+    daemon.wait_for_registration(iso.name, "default", "uploading")
     time.sleep(1)
     daemon.stop(signal.SIGKILL)
     restarted = daemon_factory(config)
@@ -186,7 +186,7 @@ def test_rejected_key_fails_at_once_and_retry_works_after_the_fix(tmp_path, simu
     daemon = daemon_factory(write_config(tmp_path / "site", simulator))
     iso = drop(_iso(tmp_path, f"auth{status_code}"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed")
-    assert job["error"].startswith("MAAS rejected the API key")
+    assert job["error"].startswith("MAAS default: MAAS rejected the API key")
     time.sleep(3)
     refused = [r for r in simulator.requests if r["status"] == status_code]
     assert len(refused) <= 2, f"a retry storm: {len(refused)} refused calls"
@@ -205,10 +205,11 @@ def test_an_answer_nobody_planned_for_fails_the_job_with_a_reason_and_the_daemon
     daemon = daemon_factory(write_config(tmp_path / "site", simulator))
     iso = drop(_iso(tmp_path, "odd"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed")
-    assert job["error"].startswith("unexpected error while registering: KeyError: 'id' (the traceback is in")
-    assert f"esxi-watcher retry {job['id']}" in job["error"]
+    assert job["error"].startswith("MAAS default: unexpected error while registering: KeyError: 'id' (the "
+                                   "traceback is in")
+    assert f"esxi-watcher retry {job['id']} --target default" in job["error"]
     reason = (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").read_text()
-    assert reason.startswith("unexpected error while registering: KeyError")
+    assert reason.startswith("MAAS default: unexpected error while registering: KeyError")
     assert [e["job"] for e in daemon.log_events() if e.get("event") == "job.internal_error"] == [job["id"]]
     assert daemon.alive()
 

@@ -2,6 +2,11 @@
 
 One table, OPTIONS, describes every key: its parser, default, description and example. It feeds
 both the validation (every problem reported at once, by dotted key) and config.example.yaml.
+`maas:` is one mapping (the target `default`) or a list of targets, each checked with the same
+`maas.*` options under its own dotted key (`maas[site-b].url`).
+
+Over 400 lines on purpose: the option table is most of it, and its descriptions are the
+documentation of every key; splitting it from the parsers would separate each key from its check.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""The job store: one SQLite row per dropped file, the single source of truth of the daemon.
+"""The job store: one SQLite row per dropped file and one per (job, MAAS target) registration,
+the single source of truth of the daemon.
 
 Every state change is one committed transaction, so a crash at any point leaves a state the next
 start can re-enter. Only this module touches SQLite.
+
+Over 400 lines on purpose: the schema, its upgrade from older stores, the states and every query
+stay in one file, so that what SQLite holds and how it is read can be checked in one place.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ class Activity:
     def slot(self, name: str) -> Slot:
         with self._lock:
             self._leases.setdefault(name, 0)
+            self._texts.setdefault(name, "")  # its place in the line
         return Slot(self, name)
 
     def texts(self) -> list[str]:
@@ -35,22 +36,19 @@ class Activity:
         with self._lock:
             if self._leases.get(name) != lease:
                 return  # the lease ended: its work is over
-            if text:
-                self._texts[name] = text
-            else:
-                self._texts.pop(name, None)
+            self._texts[name] = text or ""
 
     def _begin(self, name: str) -> int:
         with self._lock:
             self._leases[name] = self._leases.get(name, 0) + 1
-            self._texts.pop(name, None)
+            self._texts[name] = ""
             return self._leases[name]
 
     def _end(self, name: str, lease: int) -> None:
         with self._lock:
             if self._leases.get(name) == lease:
                 self._leases[name] = lease + 1
-                self._texts.pop(name, None)
+                self._texts[name] = ""
 
     def remove(self, name: str) -> None:
         """Forget a slot whose worker is gone (a target removed from the configuration)."""

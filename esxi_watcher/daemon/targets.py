@@ -57,7 +57,7 @@ def plan_all(context: Context) -> None:
     and decide every built job's outcome again (a target may be gone)."""
     for job in context.store.jobs((State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)):
         plan(context, job)
-    for job in context.store.jobs((State.BUILT,)):
+    for job in context.store.jobs((State.BUILT, State.FAILED)):
         settle(context, job.id)
 
 

@@ -11,13 +11,9 @@ import os
 from pathlib import Path
 
 from esxi_watcher import checksums
-from esxi_watcher.errors import EsxiWatcherError
+from esxi_watcher.errors import NotRetryable
 from esxi_watcher.outcomes import FAILED as FAILED_FOLDER, REASON_SUFFIX, identity_at, locate
 from esxi_watcher.store import Job, JobStore, State, Step, Target
-
-
-class NotRetryable(EsxiWatcherError):
-    exit_code = 2
 
 
 def retry_job(store: JobStore, job: Job, drop_dir: Path, target: str | None = None) -> Job:

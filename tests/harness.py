@@ -19,8 +19,10 @@ from typing import Callable
 
 import yaml
 
+from esxi_watcher import store as store_states
+
 ROOT = Path(__file__).resolve().parent.parent
-FINAL_STATES = {"registered", "duplicate", "failed", "rejected"}
+FINAL_STATES = {str(state) for state in store_states.FINAL_STATES}
 FILE_TEMPLATE = ROOT / "tests" / "templates" / "file-builder" / "vmware-esxi"
 
 

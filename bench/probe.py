@@ -64,11 +64,11 @@ def upload_ours(url: str, key_file: str, name: str, path: str, sha256: str, chun
     from esxi_watcher import maas
 
     options = {"chunk_size": int(chunk)} if chunk else {}
+    endpoint = maas.Endpoint(url, Path(key_file).read_text().strip(), request_timeout=600)
     registration = asyncio.run(maas.register_image(
-        url=url, api_key=Path(key_file).read_text().strip(), name=name, title=name,
-        architecture="amd64/generic", artifact=Path(path), sha256=sha256, size=os.path.getsize(path),
-        request_timeout=600, retries=0, poll_interval=0.1, **options))
-    return {"uploaded": registration.uploaded, "bytes_sent": registration.bytes_sent}
+        endpoint, name=name, title=name, architecture="amd64/generic", artifact=Path(path), sha256=sha256,
+        size=os.path.getsize(path), poll_interval=0.1, **options))
+    return {"uploaded": registration.uploaded, "resource_id": registration.resource_id}
 
 
 def upload_libmaas(url: str, key_file: str, name: str, path: str, sha256: str, chunk: str = "") -> dict:

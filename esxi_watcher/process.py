@@ -20,13 +20,14 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import structlog
 
+from esxi_watcher.logs import add_secret, redact
+
 log = structlog.get_logger(__name__)
 
-MASK = "********"
 POLL_INTERVAL = 0.1
 # A process stuck in uninterruptible sleep (D state, e.g. on a dead NBD device) survives SIGKILL
 # until the kernel lets go; past this long we stop waiting and report it instead of hanging.
@@ -51,13 +52,6 @@ class CommandResult:
     stray_pids: tuple[int, ...] = ()
     # Processes of the group that outlived SIGKILL (stuck in the kernel); normally empty.
     survivor_pids: tuple[int, ...] = ()
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """Given text and secret strings, return the text with every occurrence of each secret masked."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, MASK)
-    return text
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -128,15 +122,13 @@ def _decode(line: bytes) -> str:
 class _Output:
     """Where a command's lines go: the log file, the caller's callback, the kept last lines."""
 
-    def __init__(self, log_file, on_line: Callable[[str], None] | None, keep_lines: int,
-                 secrets: Sequence[str]) -> None:
+    def __init__(self, log_file, on_line: Callable[[str], None] | None, keep_lines: int) -> None:
         self._log_file = log_file
         self._on_line = on_line
-        self._secrets = secrets
         self.last_lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
 
     def line(self, text: str) -> None:
-        text = redact(text, self._secrets)
+        text = redact(text)
         self._log_file.write(text + "\n")
         self._log_file.flush()
         self.last_lines.append(text)
@@ -167,15 +159,19 @@ def run_command(
 ) -> CommandResult:
     """Given an argv list, run it to its end (or kill it), logging its output; return its result.
 
-    Raises OSError (FileNotFoundError, PermissionError) when the command cannot be started.
+    `secrets` are registered with logs.add_secret: masked in the logged command, its output lines
+    and every later log line. Raises OSError (FileNotFoundError, PermissionError) when the command
+    cannot be started.
     """
     argv = [str(arg) for arg in argv]
-    shown = redact(command_line(argv), secrets)
+    for secret in secrets:  # masked from here on, in this job's log and every other line
+        add_secret(secret)
+    shown = redact(command_line(argv))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log_file:
         log_file.write(f"=== {_timestamp()} running: {shown} (in {cwd})\n")
         log_file.flush()
-        output = _Output(log_file, on_line, keep_lines, secrets)
+        output = _Output(log_file, on_line, keep_lines)
         started = time.monotonic()
         try:
             process = subprocess.Popen(

@@ -226,20 +226,57 @@ def _builds_started(daemon) -> list[str]:
     return sorted(event["job"] for event in daemon.log_events() if event.get("event") == "job.building")
 
 
-def test_the_api_key_never_shows(tmp_path, simulator, daemon_factory):
-    simulator.inject("status", status=503, count=2)
-    simulator.inject("drop", after_bytes=10, appended="received")
+def key_fragments(api_key: str, width: int = 8) -> set[str]:
+    """Every `width`-character piece of each part of the key: a key cut short still shows."""
+    return {part[start:start + width] for part in api_key.split(":") for start in range(len(part) - width + 1)}
+
+
+def banners(simulator, job_id: int) -> list[dict]:
+    return [n for n in simulator.notifications() if n["ident"] == f"esxi-watcher-{job_id}"]
+
+
+def test_the_api_key_never_shows_even_when_a_proxy_echoes_it(tmp_path, simulator, daemon_factory):
+    # A badly configured proxy answers with the request's Authorization header: the key's parts.
+    simulator.inject("echo", status=400, method="POST", path="/boot-resources/", body="Bad Request")
     daemon = daemon_factory(write_config(tmp_path / "site", simulator, log__level="debug"))
     iso = drop(_iso(tmp_path, "secret"), daemon.drop_dir)
+    job = daemon.wait_for_state(iso.name, "failed")
+    assert "Authorization: OAuth" in job["error"]  # the echo reached the job's error...
+    [banner] = wait_for(lambda: banners(simulator, job["id"]), 20, "the failure banner")
+    seen = [job["error"], banner["message"], daemon.cli("status", "--json").stdout, daemon.cli("status").stdout,
+            (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").read_text()]
+
+    simulator.inject("status", status=503, count=2)
+    simulator.inject("drop", after_bytes=10, appended="received")
+    assert daemon.cli("retry", str(job["id"])).returncode == 0
     assert_registered_once(simulator, daemon, iso)
     daemon.stop()
-    key_parts = [part for part in simulator.api_key.split(":") if len(part) >= 6]
-    seen = [daemon.log_path.read_text(), daemon.cli("status", "--json").stdout,
-            daemon.cli("status").stdout, "\n".join(daemon.notifications)]
+    seen += [daemon.log_path.read_text(), daemon.cli("status", "--json").stdout, daemon.cli("status").stdout,
+             "\n".join(daemon.notifications), repr(simulator.notifications())]
     seen += [p.read_text() for p in (daemon.state_dir / "logs").glob("*.log")]
-    for text in seen:
-        for part in key_parts:
-            assert part not in text
+    text = "\n".join(seen)
+    assert [piece for piece in key_fragments(simulator.api_key) if piece in text] == []  # ...the key did not
+    assert "********" in job["error"]
+
+
+def test_a_registration_refused_posts_one_banner_that_success_replaces(tmp_path, simulator, daemon_factory):
+    simulator.inject("status", status=401, path="/boot-resources/", count=1000)
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator))
+    iso = drop(_iso(tmp_path, "banner"), daemon.drop_dir)
+    job = daemon.wait_for_state(iso.name, "failed")
+    [failed] = wait_for(lambda: banners(simulator, job["id"]), 20, "the failure banner")
+    assert failed["category"] == "error" and failed["admins"]
+    assert "MAAS rejected the API key (HTTP 401)" in failed["message"]
+    assert f"`esxi-watcher retry {job['id']} --target default`" in failed["message"]
+    assert "\n" not in failed["message"]
+
+    simulator.clear_faults()  # the admin fixed the key
+    assert daemon.cli("retry", str(job["id"])).returncode == 0
+    assert_registered_once(simulator, daemon, iso)
+    [done] = wait_for(lambda: [b for b in banners(simulator, job["id"]) if b["category"] == "success"], 20,
+                      "the success banner")
+    assert banners(simulator, job["id"]) == [done]  # replaced: one banner for the job
+    assert NAME in done["message"]
 
 
 def test_key_file_readable_by_others_is_refused(tmp_path, simulator, daemon_factory):

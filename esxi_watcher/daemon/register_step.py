@@ -162,8 +162,7 @@ def _failed(context: Context, target: TargetConfig, job: Job, record: Registrati
         first_line = (reason.splitlines() or [""])[0].rstrip(".")
         banners.post(target, endpoint, banners.job_ident(job.id), "error",
                      f"esxi-watcher could not register {record.resource} from {job.iso} on {target.name}: "
-                     f"{first_line}. Once that is fixed, `esxi-watcher retry {job.id} --target {target.name}` "
-                     f"tries again.")
+                     f"{first_line}. Once fixed, `esxi-watcher retry {job.id} --target {target.name}` tries again.")
 
 
 def _registered(context: Context, target: TargetConfig, job: Job, record: Registration,

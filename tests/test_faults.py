@@ -47,6 +47,15 @@ def assert_registered_once(simulator, daemon, iso: Path, name: str = NAME) -> No
 HANGING = ["packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "hang=1", "vmware-esxi.json"]
 
 
+def wait_until_hanging(daemon, job_id: int) -> None:
+    """Wait until the HANGING build sleeps (its script said so): from then on, nothing it runs writes
+    to the daemon's pipe, so a daemon killed now leaves it running (a Packer still starting would
+    die of the broken pipe at its next line)."""
+    build_log = daemon.state_dir / "logs" / f"{job_id}.log"
+    wait_for(lambda: build_log.exists() and "shape-disk: hanging" in build_log.read_text(), 30,
+             "the build to hang")
+
+
 # ----- kill -9 at each stage ------------------------------------------------------------------
 
 def test_kill9_while_inspecting(tmp_path, simulator, daemon_factory):
@@ -67,7 +76,7 @@ def test_kill9_while_building_ends_the_dead_build(tmp_path, simulator, daemon_fa
     iso = drop(_iso(tmp_path, "build"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "building")
     marker = daemon.marker(job["id"])
-    wait_for(lambda: no_processes_of(marker), 30, "the build to start")
+    wait_until_hanging(daemon, job["id"])
     daemon.stop(signal.SIGKILL)
     orphans = no_processes_of(marker)
     assert orphans, "the dead daemon's build keeps running until someone ends it"

@@ -19,8 +19,8 @@ from esxi_watcher.daemon.activity import Activity
 from esxi_watcher.daemon.context import Context
 from esxi_watcher.daemon.register_step import wait_before_next_try
 from esxi_watcher.store import JobStore, State, Step, Target
-from tests.harness import drop, no_processes_of, wait_for, write_config
-from tests.test_faults import HANGING, NAME, _iso
+from tests.harness import drop, wait_for, write_config
+from tests.test_faults import HANGING, NAME, _iso, wait_until_hanging
 
 # Seconds, not minutes: a MAAS outage of many tries, compressed.
 FAST_WAITS = {"retry_min_wait": 0.2, "retry_max_wait": 1}
@@ -134,7 +134,7 @@ def test_kill9_at_each_step_of_a_two_target_job_registers_each_once(tmp_path, si
     iso = drop(_iso(tmp_path, "kill"), daemon.drop_dir)
     if stage == "building":
         job = daemon.wait_for_state(iso.name, "building")
-        wait_for(lambda: no_processes_of(daemon.marker(job["id"])), 30, "the build to start")
+        wait_until_hanging(daemon, job["id"])
     elif stage == "one uploading":
         daemon.wait_for_registration(iso.name, "site-a", "uploading")
         wait_for(lambda: [r for r in simulator.requests if r["method"] == "PUT"], 20, "a chunk on its way")

@@ -54,10 +54,10 @@ def hash_file(path: str):
 
 def artifact(path: str):
     """What the daemon does between packer's exit and the upload: check the artifact, get its sha256."""
-    from esxi_watcher import build, daemon
+    from esxi_watcher import build
 
     build.check_artifact(Path(path))
-    return daemon._sha256_file(path)
+    return build.artifact_sha256(Path(path))
 
 
 def upload_ours(url: str, key_file: str, name: str, path: str, sha256: str, chunk: str = "") -> dict:

@@ -464,19 +464,23 @@ def _fill_history(site: Site, jobs: int, files: int) -> None:
     done.mkdir(parents=True, exist_ok=True)
     JobStore(site.db_path).close()
     now = time.time() - 86400
-    rows = []
+    jobs_rows, registration_rows = [], []
     for number in range(jobs):
         name = f"VMware-VMvisor-Installer-8.0U2-{20000000 + number}.x86_64.iso"
         state = ("registered", "registered", "registered", "duplicate", "rejected", "failed")[number % 6]
         if number < files:
             (done / name).write_bytes(b"")
-        rows.append((name, str(done / name), hashlib.sha256(name.encode()).hexdigest(), 1000, state,
-                     f"esxi/8.0.2-{20000000 + number}" if state == "registered" else None,
-                     None if state == "registered" else "a reason", now + number, now + number))
+        jobs_rows.append((number + 1, name, str(done / name), hashlib.sha256(name.encode()).hexdigest(), 1000,
+                          state, None if state == "registered" else "a reason", now + number, now + number))
+        if state == "registered":
+            registration_rows.append((number + 1, "default", "registered", f"esxi/8.0.2-{20000000 + number}",
+                                      now + number, now + number))
     connection = sqlite3.connect(site.db_path)
     with connection:
-        connection.executemany("INSERT INTO jobs (iso, iso_path, sha256, size, state, resource, error, created, "
-                               "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.executemany("INSERT INTO jobs (id, iso, iso_path, sha256, size, state, error, created, "
+                               "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", jobs_rows)
+        connection.executemany("INSERT INTO registrations (job, target, state, resource, created, updated) "
+                               "VALUES (?, ?, ?, ?, ?, ?)", registration_rows)
     connection.close()
 
 
@@ -532,7 +536,7 @@ def _build_in_daemon(ctx: Context, iso: Path, number: int) -> tuple[float, float
         finally:
             site.stop()
     building = next(_when(e) for e in events if e.get("event") == "job.building")
-    built = next(_when(e) for e in events if e.get("event") == "build.finished" and "minutes" in e)
+    built = next(_when(e) for e in events if e.get("event") == "build.finished" and "size" in e)
     started = [_when(e) for e in events if e.get("event") == "process.started"]
     finished = [_when(e) for e in events if e.get("event") == "process.finished"]
     return built - building, max(finished) - min(started)

@@ -40,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("job", type=int)
     retry = commands.add_parser("retry", help="try a failed job again (e.g. after fixing the API key)")
     retry.add_argument("job", type=int)
-    forget = commands.add_parser("forget", help="drop a finished job from the store (its files stay)")
+    retry.add_argument("--target", metavar="NAME",
+                       help="only its registration on this MAAS target (default: every target it failed on)")
+    forget = commands.add_parser("forget", help="drop a finished job from the store and its kept image "
+                                                 "(its ISO stays)")
     forget.add_argument("job", type=int)
     commands.add_parser("doctor", help="check the configuration, template, packer, KVM and MAAS")
     commands.add_parser("config-example", help="print an example configuration with every key")
@@ -78,9 +81,8 @@ def _inspect(path: Path, as_json: bool) -> int:
     if as_json:
         print(json.dumps(facts.to_dict(), indent=2))
     elif facts.esxi:
-        update = facts.update or ""
         vendor = f", {facts.vendor} image" if facts.vendor else ""
-        print(f"VMware ESXi {facts.major}.{facts.minor}{update} build {facts.build} "
+        print(f"VMware ESXi {facts.release} build {facts.build} "
               f"(version {facts.version}{vendor})")
     if not facts.esxi:
         print(f"esxi-watcher: {path}: not an ESXi installer ISO: {facts.reason}", file=sys.stderr)
@@ -118,8 +120,8 @@ def _status(config: Config, arguments: argparse.Namespace) -> int:
         print("[]" if arguments.json else "no jobs yet")
         return 0
     store = _open_store(config)
-    jobs = store.jobs()
-    print(json.dumps(job_rows(jobs), indent=2) if arguments.json else job_table(jobs))
+    jobs, registrations = store.jobs(), store.registrations()
+    print(json.dumps(job_rows(jobs, registrations), indent=2) if arguments.json else job_table(jobs, registrations))
     return 0
 
 
@@ -139,12 +141,13 @@ def _retry(config: Config, arguments: argparse.Namespace) -> int:
     from esxi_watcher.retry import retry_job
 
     store = _open_store(config)
-    job = retry_job(store, _job(store, arguments.job), config.drop_dir)
-    print(f"job {job.id} is {job.state} again: {job.iso}")
+    job = retry_job(store, _job(store, arguments.job), config.drop_dir, arguments.target)
+    print(f"job {job.id} is {job.state} again: {job.iso}" + (f" (target {arguments.target})" if arguments.target else ""))
     return 0
 
 
 def _forget(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.build import SHA256_SUFFIX
     from esxi_watcher.store import FINAL_STATES
 
     store = _open_store(config)
@@ -152,7 +155,10 @@ def _forget(config: Config, arguments: argparse.Namespace) -> int:
     if job.state not in FINAL_STATES:
         raise UsageError(f"job {job.id} is {job.state}: only finished jobs can be forgotten")
     store.delete(job.id)
-    print(f"forgot job {job.id} ({job.iso}); its files are where they were: {job.iso_path}")
+    if job.artifact and Path(job.artifact).parent == config.artifacts_dir:
+        for suffix in (SHA256_SUFFIX, ""):
+            Path(f"{job.artifact}{suffix}").unlink(missing_ok=True)
+    print(f"forgot job {job.id} ({job.iso}) and its kept image; its ISO is where it was: {job.iso_path}")
     return 0
 
 

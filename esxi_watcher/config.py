@@ -2,6 +2,11 @@
 
 One table, OPTIONS, describes every key: its parser, default, description and example. It feeds
 both the validation (every problem reported at once, by dotted key) and config.example.yaml.
+`maas:` is one mapping (the target `default`) or a list of targets, each checked with the same
+`maas.*` options under its own dotted key (`maas[site-b].url`).
+
+Over 400 lines on purpose: the option table is most of it, and its descriptions are the
+documentation of every key; splitting it from the parsers would separate each key from its check.
 """
 
 from __future__ import annotations
@@ -126,6 +131,17 @@ def parse_title_template(value: Any) -> str:
     return check_title_template(parse_text(value))
 
 
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def parse_target_name(value: Any) -> str:
+    """A target's name: it shows in status, logs, banners and on the command line."""
+    if not isinstance(value, str) or not _TARGET_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a target name: 1 to 63 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     key: str
@@ -164,6 +180,11 @@ OPTIONS: tuple[Option, ...] = (
            "A build still running after this long is killed (its whole process group)."),
     Option("build.retries", parse_count, 1,
            "How many more times a build that failed in a way that may be transient is tried."),
+    Option("maas.name", parse_target_name, "default",
+           "The target's name, as status, logs, banners and `esxi-watcher retry JOB --target NAME` "
+           "show it. `maas:` is one MAAS (this mapping) or a list of targets, each a mapping with "
+           "these keys; a list needs name, url and api_key_file in each item. Every image is built "
+           "once and registered on every target."),
     Option("maas.url", parse_url, "http://localhost:5240/MAAS/",
            "The MAAS region API, e.g. http://localhost:5240/MAAS/. Use the local region controller, "
            "not a load-balanced address: each upload chunk is appended on the region receiving it."),
@@ -172,23 +193,41 @@ OPTIONS: tuple[Option, ...] = (
            "readable by others. Without it, images are built and wait for registration."),
     Option("maas.name_template", parse_name_template, "esxi/{version}-{build}{vendor_suffix}",
            "The boot resource name. Fields: {major} {minor} {patch} {version} (8.0.2) {update} "
-           "(U2 or empty) {build} {vendor} {vendor_suffix} (-dell, -hpe, or empty for stock ISOs). "
-           "Must start with esxi/."),
+           "(U2, .0.0100 for ESXi 9.0.0.0100, or empty) {build} {vendor} {vendor_suffix} (-dell, -hpe, or empty for stock ISOs). "
+           "Must start with esxi/. When other bytes already hold the name on this target, the "
+           "image gets the name tagged with its ISO's sha256: <name>-<first 8 hex digits>."),
     Option("maas.title_template", parse_title_template,
            "VMware ESXi {major}.{minor}{update} {build}{vendor_title}",
            "The title MAAS shows. Same fields as the name, plus {vendor_title} (' (Dell)' or empty)."),
     Option("maas.architecture", parse_text, "amd64/generic", "Architecture of the boot resource."),
-    Option("maas.retries", parse_count, 8,
-           "How many times a registration is retried when MAAS is unreachable or answers 5xx."),
+    Option("maas.retry_min_wait", parse_duration, "30s",
+           "MAAS away (refused, timed out, 5xx, an answer that is not MAAS's, an upload cut off) is "
+           "not a failure: the registration waits and tries again, for as long as it takes. The first "
+           "wait is this long; each further one doubles, up to retry_max_wait, and is shortened by a random "
+           "0 to 25 % so that waits spread. The next try is kept in the job store and survives restarts."),
     Option("maas.retry_max_wait", parse_duration, "10m",
-           "The longest wait between two registration attempts (the backoff doubles up to this)."),
+           "The longest wait between two tries while MAAS is away: during a MAAS upgrade of some "
+           "hours the image is registered at most this long after MAAS is back. Only answers "
+           "waiting cannot fix (the API key refused, a 400 with a reason, the bytes held by another "
+           "image) fail the registration; `esxi-watcher retry JOB --target NAME` tries again."),
     Option("maas.request_timeout", parse_duration, "120s", "Timeout of one HTTP request to MAAS."),
     Option("maas.notify", parse_bool, True,
-           "Post a notification to MAAS admins when an image is registered or fails."),
+           "Post a banner to MAAS admins on this target when an image is registered or fails (one "
+           "banner per job, replaced by the next, the failure one naming the command that retries)."),
     Option("log.format", parse_choice("console", "json"), "console",
            "console: key=value lines (journald adds the time); json: one JSON object per line."),
     Option("log.level", parse_choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
 )
+
+
+# Keys that were once read and are no longer: a file that still has them loads, with a notice.
+OBSOLETE_TARGET_KEYS = {
+    "retries": "no longer used: a registration waits for MAAS as long as it takes "
+               "(maas.retry_min_wait up to maas.retry_max_wait between tries), so an outage never fails "
+               "an image; only answers waiting cannot fix do",
+}
+# Keys a list item must give: there is no sensible shared default for several MAAS deployments.
+REQUIRED_IN_LIST = ("name", "url", "api_key_file")
 
 
 @dataclass(frozen=True)
@@ -209,16 +248,21 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
-class MaasConfig:
+class TargetConfig:
+    """One MAAS deployment the images are registered in."""
+
+    name: str
     url: str
     api_key_file: Path
     name_template: str
     title_template: str
     architecture: str
-    retries: int
+    retry_min_wait: float
     retry_max_wait: float
     request_timeout: float
     notify: bool
+    # Where the file says it: 'maas' (a single mapping) or 'maas[NAME]' (an item of the list).
+    where: str = dataclasses.field(default="maas", compare=False)
 
 
 @dataclass(frozen=True)
@@ -233,8 +277,10 @@ class Config:
     state_dir: Path
     watch: WatchConfig
     build: BuildConfig
-    maas: MaasConfig
+    targets: tuple[TargetConfig, ...]
     log: LogConfig
+    # What the daemon logs about the file once loaded (keys no longer used), one line each.
+    notices: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def db_path(self) -> Path:
@@ -248,8 +294,18 @@ class Config:
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
+    @property
+    def artifacts_dir(self) -> Path:
+        """Each built image, kept until `forget`, so a target added later needs no rebuild."""
+        return self.state_dir / "artifacts"
 
-_SECTIONS = {"watch": WatchConfig, "build": BuildConfig, "maas": MaasConfig, "log": LogConfig}
+    def target(self, name: str) -> TargetConfig | None:
+        return next((target for target in self.targets if target.name == name), None)
+
+
+_SECTIONS = {"watch": WatchConfig, "build": BuildConfig, "log": LogConfig}
+TARGET_OPTIONS = tuple(option for option in OPTIONS if option.key.startswith("maas."))
+_TOP_OPTIONS = tuple(option for option in OPTIONS if not option.key.startswith("maas."))
 
 
 def _lookup(document: dict, key: str) -> tuple[bool, Any]:
@@ -262,7 +318,7 @@ def _lookup(document: dict, key: str) -> tuple[bool, Any]:
 
 
 def _unknown_keys(document: dict) -> list[str]:
-    known = {option.key for option in OPTIONS}
+    known = {option.key for option in _TOP_OPTIONS}
     problems = []
     for key, value in document.items():
         if key in _SECTIONS:
@@ -270,7 +326,7 @@ def _unknown_keys(document: dict) -> list[str]:
                 problems.append(f"At '{key}': must be a mapping")
                 continue
             problems += [f"At '{key}.{sub}': unknown key" for sub in value if f"{key}.{sub}" not in known]
-        elif key not in known:
+        elif key not in known and key != "maas":
             problems.append(f"At '{key}': unknown key")
     return problems
 
@@ -283,7 +339,7 @@ def parse_config(document: Any, source: str = "config") -> Config:
         raise ConfigError(source, ["the top level must be a mapping of keys to values"])
     problems = _unknown_keys(document)
     values: dict[str, Any] = {}
-    for option in OPTIONS:
+    for option in _TOP_OPTIONS:
         found, raw = _lookup(document, option.key)
         if not found or raw is None:
             raw = option.default
@@ -291,11 +347,74 @@ def parse_config(document: Any, source: str = "config") -> Config:
             values[option.key] = option.parse(raw)
         except ValueError as error:
             problems.append(f"At '{option.key}': {error}")
+    targets, target_problems, notices = parse_targets(document.get("maas"))
+    problems += target_problems
     if "drop_dir" in values and "state_dir" in values:
         problems += folder_overlap_problems(values["drop_dir"], values["state_dir"])
     if problems:
         raise ConfigError(source, problems)
-    return _assemble(values)
+    return _assemble(values, targets, notices)
+
+
+def parse_targets(section: Any) -> tuple[tuple[TargetConfig, ...], list[str], list[str]]:
+    """Given what `maas:` holds (nothing, one mapping, or a list of mappings), return the targets,
+    the problems found (by dotted key) and notices about keys no longer used."""
+    if section is None:
+        section = {}
+    if isinstance(section, dict):
+        target, problems, notices = _parse_target(section, "maas", required=())
+        return ((target,) if target else ()), problems, notices
+    if not isinstance(section, list) or not section:
+        return (), ["At 'maas': must be a mapping (one MAAS) or a non-empty list of targets"], []
+    targets, problems, notices = [], [], []
+    for index, item in enumerate(section):
+        name = item.get("name") if isinstance(item, dict) else None
+        where = f"maas[{name}]" if isinstance(name, str) and _TARGET_NAME.fullmatch(name) else f"maas[{index}]"
+        if not isinstance(item, dict):
+            problems.append(f"At '{where}': must be a mapping with name, url and api_key_file")
+            continue
+        target, item_problems, item_notices = _parse_target(item, where, required=REQUIRED_IN_LIST)
+        problems += item_problems
+        notices += item_notices
+        if target is not None:
+            targets.append(target)
+    problems += _duplicate_names(targets)
+    return tuple(targets), problems, notices
+
+
+def _parse_target(item: dict, where: str, required: tuple[str, ...]) -> tuple[TargetConfig | None, list[str], list[str]]:
+    known = {option.key.split(".", 1)[1] for option in TARGET_OPTIONS}
+    problems, notices = [], []
+    for key in item:
+        if key in OBSOLETE_TARGET_KEYS:
+            notices.append(f"At '{where}.{key}': {OBSOLETE_TARGET_KEYS[key]}")
+        elif key not in known:
+            problems.append(f"At '{where}.{key}': unknown key")
+    values: dict[str, Any] = {}
+    for option in TARGET_OPTIONS:
+        key = option.key.split(".", 1)[1]
+        raw = item.get(key)
+        if raw is None and key in required:
+            problems.append(f"At '{where}.{key}': required in each item of a list of targets")
+            continue
+        try:
+            values[key] = option.parse(option.default if raw is None else raw)
+        except ValueError as error:
+            problems.append(f"At '{where}.{key}': {error}")
+    if problems:
+        return None, problems, notices
+    return TargetConfig(**values, where=where), problems, notices
+
+
+def _duplicate_names(targets: list[TargetConfig]) -> list[str]:
+    seen: set[str] = set()
+    problems = []
+    for target in targets:
+        if target.name in seen:
+            problems.append(f"At '{target.where}.name': {target.name!r} names another target too: "
+                            "each target needs its own name")
+        seen.add(target.name)
+    return problems
 
 
 def folder_overlap_problems(drop_dir: Path, state_dir: Path) -> list[str]:
@@ -314,12 +433,14 @@ def folder_overlap_problems(drop_dir: Path, state_dir: Path) -> list[str]:
     return []
 
 
-def _assemble(values: dict[str, Any]) -> Config:
+def _assemble(values: dict[str, Any], targets: tuple[TargetConfig, ...], notices: list[str] | tuple[str, ...] = ()
+              ) -> Config:
     sections = {}
     for name, cls in _SECTIONS.items():
         fields = {f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)}
         sections[name] = cls(**fields)
-    return Config(drop_dir=values["drop_dir"], state_dir=values["state_dir"], **sections)
+    return Config(drop_dir=values["drop_dir"], state_dir=values["state_dir"], targets=targets,
+                  notices=tuple(notices), **sections)
 
 
 # Keys read once at start: the folder locks, the job store, the watcher and intake are built from them.
@@ -327,7 +448,7 @@ RESTART_KEYS = ("drop_dir", "state_dir", "watch.settle", "watch.max_iso_size")
 
 
 def setting(config: Config, key: str) -> Any:
-    """Given a dotted key such as 'build.timeout', return its value in config."""
+    """Given a dotted key such as 'build.timeout' (not a target's), return its value in config."""
     value: Any = config
     for part in key.split("."):
         value = getattr(value, part)
@@ -336,11 +457,31 @@ def setting(config: Config, key: str) -> Any:
 
 def reloaded(running: Config, loaded: Config) -> tuple[Config, list[str], list[str]]:
     """Given the running config and one loaded again from its file, return the config to run with
-    (keys of RESTART_KEYS keep their running values), those kept keys, and the keys that change."""
+    (keys of RESTART_KEYS keep their running values), those kept keys, and the keys that change
+    (a target's as 'maas.key' or 'maas[NAME].key'; a target added or removed as 'maas[NAME]')."""
     kept = [key for key in RESTART_KEYS if setting(loaded, key) != setting(running, key)]
-    values = {option.key: setting(running if option.key in kept else loaded, option.key) for option in OPTIONS}
-    changed = [option.key for option in OPTIONS if values[option.key] != setting(running, option.key)]
-    return _assemble(values), kept, changed
+    values = {option.key: setting(running if option.key in kept else loaded, option.key) for option in _TOP_OPTIONS}
+    changed = []
+    for option in OPTIONS:
+        if option.key.startswith("maas."):
+            if option is TARGET_OPTIONS[0]:
+                changed += _target_changes(running.targets, loaded.targets)
+        elif values[option.key] != setting(running, option.key):
+            changed.append(option.key)
+    return _assemble(values, loaded.targets, loaded.notices), kept, changed
+
+
+def _target_changes(running: tuple[TargetConfig, ...], loaded: tuple[TargetConfig, ...]) -> list[str]:
+    before = {target.name: target for target in running}
+    after = {target.name: target for target in loaded}
+    changed = [before[name].where for name in before if name not in after]
+    for name, target in after.items():
+        if name not in before:
+            changed.append(target.where)
+            continue
+        changed += [f"{target.where}.{field.name}" for field in dataclasses.fields(TargetConfig)
+                    if field.compare and getattr(target, field.name) != getattr(before[name], field.name)]
+    return changed
 
 
 def load_config(path: Path) -> Config:
@@ -374,7 +515,23 @@ def example_yaml() -> str:
         dumped = yaml.safe_dump({leaf: value}, default_flow_style=True, width=200).strip()[1:-1]
         prefix = "" if option.default is not None or value is None else "# "
         lines.append(f"{indent}{prefix}{dumped}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _TARGETS_EXAMPLE) + "\n"
+
+
+# How several MAAS deployments look: `maas:` as a list (shown commented out in the example file).
+_TARGETS_EXAMPLE = [
+    "",
+    "# Several MAAS deployments: give `maas:` a list instead; each image is built once and registered",
+    "# on every target. Each item takes the keys above; name, url and api_key_file are required.",
+    "# maas:",
+    "#   - name: site-a",
+    "#     url: http://maas-a.example.com:5240/MAAS/",
+    "#     api_key_file: /etc/esxi-watcher/site-a.key",
+    "#   - name: site-b",
+    "#     url: http://maas-b.example.com:5240/MAAS/",
+    "#     api_key_file: /etc/esxi-watcher/site-b.key",
+    "#     retry_max_wait: 30m",
+]
 
 
 def _wrap(text: str, width: int = 96) -> list[str]:

@@ -54,9 +54,10 @@ def _kvm(config: Config) -> Iterator[tuple[bool, str]]:
 def _api_key(config: Config) -> Iterator[tuple[bool, str]]:
     from esxi_watcher import maas
 
-    try:
-        maas.read_api_key(config.maas.api_key_file)
-    except EsxiWatcherError as error:
-        yield False, f"MAAS API key: {error}"
-        return
-    yield True, f"MAAS API key: {config.maas.api_key_file}"
+    for target in config.targets:
+        try:
+            maas.read_api_key(target.api_key_file)
+        except EsxiWatcherError as error:
+            yield False, f"MAAS API key of target {target.name}: {error}"
+            continue
+        yield True, f"MAAS API key of target {target.name}: {target.api_key_file}"

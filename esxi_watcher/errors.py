@@ -90,6 +90,12 @@ class StoreNotADatabase(EsxiWatcherError):
         super().__init__(f"the job store {path} is not a database ({reason})")
 
 
+class NotRetryable(EsxiWatcherError):
+    """`esxi-watcher retry` cannot put this job (or its registration on a target) back in line."""
+
+    exit_code = 2
+
+
 class AlreadyRunning(EsxiWatcherError):
     """Another esxi-watcher daemon already works on this state dir or drop dir."""
 

@@ -17,9 +17,10 @@ from typing import Callable
 import structlog
 
 from esxi_watcher import checksums, outcomes
+from esxi_watcher.config import TargetConfig
 from esxi_watcher.iso import IsoFacts, inspect_iso
 from esxi_watcher.naming import distinct_name, resource_name
-from esxi_watcher.store import DUPLICATE, FAILED, QUEUED, REJECTED, JobConflict, JobStore, Job
+from esxi_watcher.store import Job, JobConflict, JobStore, State
 from esxi_watcher.watch import file_identity
 
 log = structlog.get_logger(__name__)
@@ -95,14 +96,12 @@ def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
 
 class Intake:
     def __init__(self, drop_dir: Path, max_size: int, store: JobStore, stop_event: threading.Event,
-                 heartbeat: Callable[[], None] | None = None, *, name_template: str | None = None,
-                 mover: outcomes.Mover | None = None):
+                 heartbeat: Callable[[], None] | None = None, *, mover: outcomes.Mover | None = None):
         self.heartbeat = heartbeat
         self.drop_dir = drop_dir
         self.max_size = max_size
         self.store = store
         self.stop_event = stop_event
-        self.name_template = name_template
         self.mover = mover or outcomes.Mover(drop_dir)
         self._checksums_handled: set[str] = set()  # identities of checksum files already used or reported
 
@@ -175,35 +174,25 @@ class Intake:
     def _queue(self, path: Path, status: os.stat_result, sha256: str, facts: dict) -> Job:
         values = dict(iso=path.name, iso_path=str(path), file_identity=file_identity(status),
                       sha256=sha256, size=status.st_size, facts=facts)
-        resource = self._resource_for(facts, sha256)
         try:
-            job = self.store.add(state=QUEUED, resource=resource, **values)
+            job = self.store.add(state=State.QUEUED, **values)
         except JobConflict as conflict:
             return self._same_content(path, values, conflict.existing)
         log.info("job.queued", job=job.id, iso=path.name, version=facts["version"],
-                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256,
-                 resource=resource)
+                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256)
         return job
 
-    def _resource_for(self, facts: dict, sha256: str) -> str | None:
-        """The MAAS name this ISO's image gets, decided now: the template's, or when another ISO's
-        image holds that name already, the name tagged with this ISO's sha256 (never a silent
-        replacement of what the next deployment installs)."""
-        if self.name_template is None:
-            return None
-        return decide_resource(self.store, self.name_template, facts, sha256)
-
     def _same_content(self, path: Path, values: dict, existing: Job) -> Job:
-        if existing.state == QUEUED and not still_in_place(existing):
+        if existing.state is State.QUEUED and not still_in_place(existing):
             # The queued file was renamed or copied over: the job follows its content.
             log.info("job.file_moved", job=existing.id, iso=path.name, was=existing.iso)
             return self.store.update(existing.id, iso=values["iso"], iso_path=values["iso_path"],
                                      file_identity=values["file_identity"])
-        if existing.state == FAILED:
+        if existing.state is State.FAILED:
             return self._build_again(existing, values)
         reason = (f"same content (sha256 {values['sha256'][:12]}…) as {existing.iso!r}, job {existing.id} "
-                  f"({existing.state}{', ' + existing.resource if existing.resource else ''}): not built twice")
-        job = self.store.add(state=DUPLICATE, duplicate_of=existing.id, error=reason, **values)
+                  f"({existing.state}): not built twice")
+        job = self.store.add(state=State.DUPLICATE, duplicate_of=existing.id, error=reason, **values)
         log.info("job.duplicate", job=job.id, iso=path.name, duplicate_of=existing.id)
         return self.mover.finish(self.store, job)
 
@@ -222,7 +211,7 @@ class Intake:
         return job
 
     def _reject(self, path: Path, status: os.stat_result, reason: str) -> Job:
-        job = self.store.add(state=REJECTED, iso=path.name, iso_path=str(path),
+        job = self.store.add(state=State.REJECTED, iso=path.name, iso_path=str(path),
                              file_identity=file_identity(status), size=status.st_size, error=reason)
         log.warning("job.rejected", job=job.id, iso=path.name, reason=reason)
         return self.mover.finish(self.store, job)
@@ -262,7 +251,7 @@ class Intake:
         else:
             log.info("checksum.not_verified", job=job.id, iso=job.iso, checksum=path.name,
                      note="the ISO was read before this file came; only a sha256 can be checked afterwards")
-        if reason and self.store.update_if(job.id, QUEUED, state=REJECTED, error=reason, stage=None):
+        if reason and self.store.update_if(job.id, State.QUEUED, state=State.REJECTED, error=reason, stage=None):
             log.warning("job.rejected", job=job.id, iso=job.iso, reason=reason)
             self.mover.finish(self.store, self.store.get(job.id))
             return
@@ -287,10 +276,12 @@ def checksum_mismatch(expected: list[checksums.Expected], digests: dict[str, str
     return None
 
 
-def decide_resource(store: JobStore, name_template: str, facts: dict, sha256: str) -> str:
-    """The MAAS name of an ISO's image: the template's, tagged when other content holds it."""
-    name = resource_name(name_template, IsoFacts(**facts))
-    return distinct_name(name, sha256) if store.name_holder(name, sha256) else name
+def decide_resource(store: JobStore, target: TargetConfig, facts: dict, sha256: str) -> str:
+    """The MAAS name of an ISO's image on a target: the target's template's, or when another ISO's
+    image holds that name there already, the name tagged with this ISO's sha256 (never a silent
+    replacement of what the next deployment installs)."""
+    name = resource_name(target.name_template, IsoFacts(**facts))
+    return distinct_name(name, sha256) if store.name_holder(target.name, name, sha256) else name
 
 
 def _entries(folder: Path) -> list[str]:

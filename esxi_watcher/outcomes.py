@@ -17,13 +17,13 @@ from typing import Iterable
 import structlog
 
 from esxi_watcher import checksums
-from esxi_watcher.store import DUPLICATE, FAILED as FAILED_STATE, REGISTERED, REJECTED as REJECTED_STATE, Job, JobStore
+from esxi_watcher.store import Job, JobStore, State
 from esxi_watcher.watch import OUTCOME_DIRS, file_identity
 
 log = structlog.get_logger(__name__)
 
 DONE, REJECTED, FAILED = OUTCOME_DIRS
-OUTCOME_OF_STATE = {REGISTERED: DONE, DUPLICATE: DONE, FAILED_STATE: FAILED, REJECTED_STATE: REJECTED}
+OUTCOME_OF_STATE = {State.REGISTERED: DONE, State.DUPLICATE: DONE, State.FAILED: FAILED, State.REJECTED: REJECTED}
 
 NAME_MAX = 255  # bytes in one file name on Linux file systems
 REASON_SUFFIX = ".reason.txt"
@@ -140,18 +140,23 @@ class Mover:
         self.drop_dir = Path(drop_dir)
         self._reported: dict[int, str] = {}
         self._lock = threading.Lock()
+        self._moving = threading.Lock()  # one move at a time: two threads may finish the same job
 
     def outcome_folders(self) -> list[Path]:
         return [self.drop_dir / name for name in OUTCOME_DIRS]
 
     def finish(self, store: JobStore, job: Job) -> Job:
         """Given a finished job, move its file out of the drop dir; return the job as stored."""
+        with self._moving:
+            return self._finish(store, job)
+
+    def _finish(self, store: JobStore, job: Job) -> Job:
         job = self.find(store, job)
         path = Path(job.iso_path)
         here = identity_at(path)
         if path.parent != self.drop_dir or here is None or (job.file_identity and here != job.file_identity):
             return job  # already moved, gone, or another file took its name
-        reason = job.error if job.state != REGISTERED else None
+        reason = job.error if job.state is not State.REGISTERED else None
         try:
             moved = move_to_outcome(self.drop_dir, path, OUTCOME_OF_STATE[job.state], job.id, reason,
                                     checksums.companions(self.drop_dir, path.name))

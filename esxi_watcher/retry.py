@@ -11,34 +11,60 @@ import os
 from pathlib import Path
 
 from esxi_watcher import checksums
-from esxi_watcher.errors import EsxiWatcherError
+from esxi_watcher.errors import NotRetryable
 from esxi_watcher.outcomes import FAILED as FAILED_FOLDER, REASON_SUFFIX, identity_at, locate
-from esxi_watcher.store import BUILT, FAILED, QUEUED, Job, JobStore
+from esxi_watcher.store import Job, JobStore, State, Step, Target
 
 
-class NotRetryable(EsxiWatcherError):
-    exit_code = 2
-
-
-def retry_job(store: JobStore, job: Job, drop_dir: Path) -> Job:
-    """Given a failed job, queue its registration (if its image is built) or its build again."""
-    if job.state != FAILED:
-        raise NotRetryable(f"job {job.id} is {job.state}, not failed: nothing to retry")
+def retry_job(store: JobStore, job: Job, drop_dir: Path, target: str | None = None) -> Job:
+    """Given a job that failed (or failed on a target), queue its registration on the target(s) that
+    failed (if its image is built) or its build again."""
+    failed_targets = _failed_targets(store, job, target)
+    if job.state is not State.FAILED:
+        if not failed_targets:
+            raise NotRetryable(f"job {job.id} is {job.state}, not failed: nothing to retry")
+        _reset(store, job.id, failed_targets)  # other targets still work on it: its ISO stays where it is
+        return store.get(job.id)
+    if target is not None and job.failed_stage is not Step.REGISTER:
+        raise NotRetryable(f"job {job.id} failed while building: `esxi-watcher retry {job.id}` builds it again")
     found = find_iso(job, drop_dir)
     iso_path = _back_to_drop_dir(found, drop_dir)
     _remove_stale_note(Path(job.iso_path))
-    return requeue(store, job, stage="retry requested", iso_path=str(iso_path),
+    return requeue(store, job, stage="retry requested", targets=failed_targets, iso_path=str(iso_path),
                    file_identity=identity_at(iso_path))
 
 
-def requeue(store: JobStore, job: Job, *, stage: str, **where: object) -> Job:
-    """Given a failed job, put it back in line at the step that failed, its attempts counted anew;
-    `where` says where its ISO is now (iso_path, file_identity, iso)."""
-    if job.failed_stage == "register" and job.artifact and os.path.exists(job.artifact):
-        return store.update(job.id, state=BUILT, stage=stage, error=None, failed_stage=None, next_try=0,
-                            register_attempts=0, **where)
-    return store.update(job.id, state=QUEUED, stage=stage, error=None, failed_stage=None, next_try=0,
-                        build_attempts=0, register_attempts=0, artifact=None, **where)
+def _failed_targets(store: JobStore, job: Job, target: str | None) -> list[str]:
+    """The targets whose registration of this job failed (only `target`, when given)."""
+    records = store.registrations(job.id)
+    if target is None:
+        return [record.target for record in records if record.state is Target.FAILED]
+    record = next((record for record in records if record.target == target), None)
+    if record is None:
+        known = ", ".join(record.target for record in records) or "none yet"
+        raise NotRetryable(f"job {job.id} has no registration on target {target} (its targets: {known})")
+    if record.state is not Target.FAILED:
+        raise NotRetryable(f"job {job.id} is {record.state} on target {target}, not failed: nothing to retry")
+    return [target]
+
+
+def requeue(store: JobStore, job: Job, *, stage: str, targets: list[str] | None = None, **where: object) -> Job:
+    """Given a failed job, put it back in line at the step that failed: its registration on `targets`
+    (default: every target it failed on) when its image is kept, else its build. Attempts count
+    anew; `where` says where its ISO is now (iso_path, file_identity, iso)."""
+    failed = [record.target for record in store.registrations(job.id) if record.state is Target.FAILED]
+    _reset(store, job.id, failed if targets is None else targets)
+    if job.failed_stage is Step.REGISTER and job.artifact and os.path.exists(job.artifact):
+        return store.update(job.id, state=State.BUILT, stage=stage, error=None, failed_stage=None, next_try=0,
+                            **where)
+    return store.update(job.id, state=State.QUEUED, stage=stage, error=None, failed_stage=None, next_try=0,
+                        build_attempts=0, artifact=None, **where)
+
+
+def _reset(store: JobStore, job_id: int, targets: list[str]) -> None:
+    for target in targets:
+        store.update_registration(job_id, target, state=Target.PENDING, attempts=0, next_try=0, since=None,
+                                  error=None)
 
 
 def find_iso(job: Job, drop_dir: Path) -> Path:

@@ -1,7 +1,11 @@
-"""The job store: one SQLite row per dropped file, the single source of truth of the daemon.
+"""The job store: one SQLite row per dropped file and one per (job, MAAS target) registration,
+the single source of truth of the daemon.
 
 Every state change is one committed transaction, so a crash at any point leaves a state the next
 start can re-enter. Only this module touches SQLite.
+
+Over 400 lines on purpose: the schema, its upgrade from older stores, the states and every query
+stay in one file, so that what SQLite holds and how it is read can be checked in one place.
 """
 
 from __future__ import annotations
@@ -14,24 +18,60 @@ import time
 import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator
+from enum import Enum
+from typing import Any, Iterable, Iterator
 
 from esxi_watcher.errors import StoreLocked, StoreNotADatabase, StoreUnavailable
 
-QUEUED = "queued"
-BUILDING = "building"
-BUILT = "built"
-UPLOADING = "uploading"
-REGISTERED = "registered"
-FAILED = "failed"
-REJECTED = "rejected"
-DUPLICATE = "duplicate"
 
-STATES = (QUEUED, BUILDING, BUILT, UPLOADING, REGISTERED, FAILED, REJECTED, DUPLICATE)
-FINAL_STATES = (REGISTERED, FAILED, REJECTED, DUPLICATE)
-# States whose job still owns its ISO in the drop dir (and its work dir, from building on).
-ACTIVE_STATES = (QUEUED, BUILDING, BUILT, UPLOADING)
+class _Named(str, Enum):
+    """A state spelled once: compares equal to its text, which is what SQLite and JSON hold."""
+
+    def __str__(self) -> str:  # format() and str() give the text on every Python (3.12 changed it)
+        return self.value
+
+    def __hash__(self) -> int:  # as its text's, so that dicts and sets find it by either
+        return str.__hash__(self)
+
+
+class State(_Named):
+    """Where a job is: its build, then the outcome of its registrations (one per MAAS target)."""
+
+    QUEUED = "queued"
+    BUILDING = "building"
+    BUILT = "built"  # the image exists; at least one target is still registering it
+    REGISTERED = "registered"  # every target holds the image
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+class Step(_Named):
+    """The step a failed job failed at: `retry` puts it back there."""
+
+    BUILD = "build"
+    REGISTER = "register"
+
+
+class Target(_Named):
+    """Where one job's registration on one MAAS target is."""
+
+    PENDING = "pending"  # due at next_try; waiting for MAAS when `since` is set
+    UPLOADING = "uploading"
+    REGISTERED = "registered"
+    FAILED = "failed"
+
+
+FINAL_STATES = (State.REGISTERED, State.FAILED, State.REJECTED, State.DUPLICATE)
+# States whose job still owns its ISO in the drop dir (and its work dir while building).
+ACTIVE_STATES = (State.QUEUED, State.BUILDING, State.BUILT)
+# States of a job whose image is built and kept (registrations can run, including on a new target).
+IMAGE_STATES = (State.BUILT, State.REGISTERED, State.FAILED)
+# Jobs that hold their content: the same bytes dropped again are a duplicate of them.
+LIVE_STATES = (State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)
+ACTIVE_TARGET_STATES = (Target.PENDING, Target.UPLOADING)
 CHECK_TIMEOUT = 2.0  # seconds a daemon's check of the store waits for another process's lock
+SCHEMA_VERSION = 1  # PRAGMA user_version: 0 = before registrations (one MAAS, in the jobs table)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -42,16 +82,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     sha256        TEXT,
     size          INTEGER,
     facts         TEXT,                     -- JSON of IsoFacts
-    state         TEXT NOT NULL,
+    state         TEXT NOT NULL,            -- State
     stage         TEXT,                     -- human progress inside the state
-    resource      TEXT,                     -- MAAS name, e.g. esxi/8.0.2-22380479
-    resource_id   INTEGER,
-    artifact      TEXT,                     -- path of the built .dd.gz
+    artifact      TEXT,                     -- the built .dd.gz, kept in state_dir/artifacts/
     error         TEXT,                     -- why it failed, was rejected, or is waiting
-    failed_stage  TEXT,                     -- build or register, for retry
+    failed_stage  TEXT,                     -- Step, for retry
     duplicate_of  INTEGER,
     build_attempts    INTEGER NOT NULL DEFAULT 0,
-    register_attempts INTEGER NOT NULL DEFAULT 0,
     next_try      REAL NOT NULL DEFAULT 0,
     pgid          INTEGER,                  -- process group of the running build
     created       REAL NOT NULL,
@@ -61,6 +98,35 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, next_try);
 CREATE UNIQUE INDEX IF NOT EXISTS one_job_per_content ON jobs(sha256)
     WHERE state NOT IN ('rejected', 'duplicate') AND sha256 IS NOT NULL;
+-- One row per (job, MAAS target): the image built once, registered on each target.
+CREATE TABLE IF NOT EXISTS registrations (
+    job           INTEGER NOT NULL,
+    target        TEXT NOT NULL,            -- the target's name in the configuration
+    state         TEXT NOT NULL,            -- Target
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    next_try      REAL NOT NULL DEFAULT 0,
+    since         REAL,                     -- first failure of the current wait for MAAS
+    error         TEXT,                     -- why it waits or failed
+    resource      TEXT NOT NULL,            -- MAAS name on this target, decided when the row is made
+    resource_id   INTEGER,
+    set_version   TEXT,
+    created       REAL NOT NULL,
+    updated       REAL NOT NULL,
+    PRIMARY KEY (job, target)
+);
+CREATE INDEX IF NOT EXISTS registrations_due ON registrations(target, state, next_try);
+"""
+
+# A store made before registrations kept one MAAS's registration in its jobs table: each becomes
+# the registration of the target `default` (what a single `maas:` mapping is called).
+_FROM_VERSION_0 = """
+INSERT OR IGNORE INTO registrations (job, target, state, attempts, error, resource, resource_id, created, updated)
+    SELECT id, 'default',
+           CASE state WHEN 'registered' THEN 'registered' WHEN 'failed' THEN 'failed' ELSE 'pending' END,
+           register_attempts, CASE state WHEN 'failed' THEN error END, resource, resource_id, created, updated
+    FROM jobs WHERE resource IS NOT NULL AND (state IN ('queued', 'building', 'built', 'uploading', 'registered')
+                                              OR (state = 'failed' AND failed_stage = 'register'));
+UPDATE jobs SET state = 'built' WHERE state = 'uploading';
 """
 
 
@@ -69,7 +135,7 @@ class Job:
     id: int
     iso: str
     iso_path: str
-    state: str
+    state: State
     created: float
     updated: float
     file_identity: str | None = None
@@ -77,14 +143,11 @@ class Job:
     size: int | None = None
     facts: dict | None = None
     stage: str | None = None
-    resource: str | None = None
-    resource_id: int | None = None
     artifact: str | None = None
     error: str | None = None
-    failed_stage: str | None = None
+    failed_stage: Step | None = None
     duplicate_of: int | None = None
     build_attempts: int = 0
-    register_attempts: int = 0
     next_try: float = 0.0
     pgid: int | None = None
 
@@ -92,7 +155,26 @@ class Job:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+@dataclass
+class Registration:
+    """One job's image on one MAAS target."""
+
+    job: int
+    target: str
+    state: Target
+    resource: str
+    created: float
+    updated: float
+    attempts: int = 0
+    next_try: float = 0.0
+    since: float | None = None
+    error: str | None = None
+    resource_id: int | None = None
+    set_version: str | None = None
+
+
 _COLUMNS = tuple(f.name for f in fields(Job))
+_REGISTRATION_COLUMNS = tuple(f.name for f in fields(Registration))
 
 
 class JobConflict(Exception):
@@ -124,7 +206,12 @@ class Changes:
 
 
 class JobStore:
-    """SQLite-backed jobs, safe to use from several threads of one process (and several processes)."""
+    """SQLite-backed jobs, safe to use from several threads of one process (and several processes).
+
+    The threads share one connection: every statement runs and has its rows fetched while holding
+    the store's lock (a statement stepped after another thread wrote on the connection may skip or
+    repeat rows), and only rows, never cursors, leave it.
+    """
 
     def __init__(self, path: Path, timeout: float = 30.0, check: bool = False):
         """Open (or create) the store; raise StoreNotADatabase, StoreLocked or StoreUnavailable.
@@ -134,7 +221,7 @@ class JobStore:
         sure a write can start, so that a lock held by another process shows now, not mid-job.
         """
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.write_error: str | None = None  # why the last write failed, until one succeeds
         # The daemon waits for a locked store in its own loop (saying so), not inside SQLite.
         opening_timeout = min(timeout, CHECK_TIMEOUT) if check else timeout
@@ -149,7 +236,7 @@ class JobStore:
             self._connection.row_factory = sqlite3.Row
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=FULL")
-            self._connection.executescript(_SCHEMA)
+            self._create_or_upgrade()
             if check:
                 self._connection.execute("BEGIN IMMEDIATE")
                 self._connection.execute("ROLLBACK")
@@ -157,6 +244,27 @@ class JobStore:
         except sqlite3.DatabaseError as error:
             self._connection.close()
             raise self._named(error) from error
+
+    def _create_or_upgrade(self) -> None:
+        connection = self._connection
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version >= SCHEMA_VERSION:
+            return
+        old_columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)").fetchall()}
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+            if "register_attempts" in old_columns:
+                for statement in _FROM_VERSION_0.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
 
     def _probe(self, timeout: float) -> None:
         uri = f"file:{urllib.parse.quote(str(self.path))}?mode=ro"
@@ -190,29 +298,56 @@ class JobStore:
         with self._lock:
             self._connection.close()
 
-    def _execute(self, sql: str, parameters: tuple | dict = ()) -> sqlite3.Cursor:
+    # ----- the only two ways to SQLite -----
+
+    def _read(self, sql: str, parameters: tuple | dict = ()) -> list[sqlite3.Row]:
+        """Run a SELECT and return all its rows, fetched under the lock."""
         with self._lock:
             try:
-                cursor = self._connection.execute(sql, parameters)
-            except sqlite3.OperationalError as error:
-                if not sql.startswith("SELECT"):
-                    self.write_error = str(error)
+                return self._connection.execute(sql, parameters).fetchall()
+            except sqlite3.DatabaseError as error:  # locked, or damaged since it was opened
                 raise self._named(error) from error
+
+    def _write(self, *statements: tuple[str, tuple | dict]) -> tuple[int, int]:
+        """Run these statements as one transaction; return (lastrowid, rowcount) of the last one.
+        Raise sqlite3.IntegrityError as it is (the caller knows what it means)."""
+        with self._lock:
+            try:
+                if len(statements) > 1:
+                    self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, parameters in statements:
+                        cursor = self._connection.execute(sql, parameters)
+                    if len(statements) > 1:
+                        self._connection.execute("COMMIT")
+                except BaseException:
+                    if self._connection.in_transaction:
+                        self._connection.execute("ROLLBACK")
+                    raise
             except sqlite3.IntegrityError:
                 raise
-            except sqlite3.DatabaseError as error:  # damaged since it was opened
+            except sqlite3.OperationalError as error:
+                self.write_error = str(error)
                 raise self._named(error) from error
-            if not sql.startswith("SELECT"):
-                self.write_error = None
-        if not sql.startswith("SELECT"):
-            self.changes.notify()
-        return cursor
+            except sqlite3.DatabaseError as error:
+                raise self._named(error) from error
+            self.write_error = None
+            result = (cursor.lastrowid, cursor.rowcount)
+        self.changes.notify()
+        return result
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
-        data = dict(row)
+        data = {name: row[name] for name in _COLUMNS}  # a store from before may hold more columns
         data["facts"] = json.loads(data["facts"]) if data["facts"] else None
+        data["state"] = State(data["state"])
+        data["failed_stage"] = Step(data["failed_stage"]) if data["failed_stage"] else None
         return Job(**data)
+
+    def _jobs(self, sql: str, parameters: tuple | dict = ()) -> list[Job]:
+        return [self._job(row) for row in self._read(sql, parameters)]
+
+    # ----- jobs -----
 
     def add(self, **values: Any) -> Job:
         """Insert a job; raise JobConflict if a live job already holds the same sha256."""
@@ -223,107 +358,168 @@ class JobStore:
         names = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
         try:
-            cursor = self._execute(f"INSERT INTO jobs ({names}) VALUES ({marks})", values)
+            job_id, _ = self._write((f"INSERT INTO jobs ({names}) VALUES ({marks})", values))
         except sqlite3.IntegrityError:
             existing = self.live_job_for(values["sha256"])
             if existing is None:
                 raise
             raise JobConflict(existing) from None
-        return self.get(cursor.lastrowid)
-
-    def get(self, job_id: int) -> Job | None:
-        row = self._execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return self._job(row) if row else None
-
-    def live_job_for(self, sha256: str) -> Job | None:
-        row = self._execute(
-            "SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN ('rejected', 'duplicate')",
-            (sha256,)).fetchone()
-        return self._job(row) if row else None
-
-    def update(self, job_id: int, **values: Any) -> Job:
-        unknown = set(values) - set(_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown job fields: {sorted(unknown)}")
-        if "state" in values and values["state"] not in STATES:
-            raise ValueError(f"unknown state {values['state']!r}")
-        if isinstance(values.get("facts"), dict):
-            values["facts"] = json.dumps(values["facts"])
-        values["updated"] = time.time()
-        assignments = ", ".join(f"{name} = :{name}" for name in values)
-        self._execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id", {**values, "job_id": job_id})
         return self.get(job_id)
 
-    def jobs(self, states: tuple[str, ...] | None = None) -> list[Job]:
-        if states is None:
-            rows = self._execute("SELECT * FROM jobs ORDER BY id").fetchall()
-        else:
-            marks = ", ".join("?" for _ in states)
-            rows = self._execute(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id",
-                                 tuple(states)).fetchall()
-        return [self._job(row) for row in rows]
+    def get(self, job_id: int) -> Job | None:
+        found = self._jobs("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return found[0] if found else None
 
-    def next_due(self, state: str, now: float | None = None) -> Job | None:
+    def live_job_for(self, sha256: str) -> Job | None:
+        found = self._jobs("SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?)",
+                           (sha256, State.REJECTED, State.DUPLICATE))
+        return found[0] if found else None
+
+    @staticmethod
+    def _checked(values: dict[str, Any], columns: tuple[str, ...], states: type[_Named]) -> dict[str, Any]:
+        unknown = set(values) - set(columns)
+        if unknown:
+            raise ValueError(f"unknown fields: {sorted(unknown)}")
+        if "state" in values:
+            values["state"] = states(values["state"])  # ValueError for a state that does not exist
+        if isinstance(values.get("facts"), dict):
+            values["facts"] = json.dumps(values["facts"])
+        return {**values, "updated": time.time()}
+
+    def update(self, job_id: int, **values: Any) -> Job:
+        values = self._checked(values, _COLUMNS, State)
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        self._write((f"UPDATE jobs SET {assignments} WHERE id = :job_id", {**values, "job_id": job_id}))
+        return self.get(job_id)
+
+    def update_if(self, job_id: int, state: State, **values: Any) -> bool:
+        """Update the job only if it is still in this state; return whether it was."""
+        values = self._checked(values, _COLUMNS, State)
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        _, changed = self._write((f"UPDATE jobs SET {assignments} WHERE id = :job_id AND state = :expected",
+                                  {**values, "job_id": job_id, "expected": state}))
+        return changed == 1
+
+    def jobs(self, states: Iterable[State] | None = None) -> list[Job]:
+        if states is None:
+            return self._jobs("SELECT * FROM jobs ORDER BY id")
+        states = tuple(states)
+        marks = ", ".join("?" for _ in states)
+        return self._jobs(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
+
+    def next_due(self, state: State, now: float | None = None) -> Job | None:
         """Return the oldest job in this state whose next try is due."""
         now = time.time() if now is None else now
-        row = self._execute(
-            "SELECT * FROM jobs WHERE state = ? AND next_try <= ? ORDER BY next_try, id LIMIT 1",
-            (state, now)).fetchone()
-        return self._job(row) if row else None
+        found = self._jobs("SELECT * FROM jobs WHERE state = ? AND next_try <= ? ORDER BY next_try, id LIMIT 1",
+                           (state, now))
+        return found[0] if found else None
+
+    def next_try_in(self, state: State, now: float | None = None) -> float | None:
+        """Seconds until the earliest job in this state is due (0 if one is due now), None if none waits."""
+        now = time.time() if now is None else now
+        [row] = self._read("SELECT MIN(next_try) AS due FROM jobs WHERE state = ?", (state,))
+        return None if row["due"] is None else max(0.0, row["due"] - now)
 
     def identities_in_drop_dir(self, drop_dir: Path) -> dict[str, Job]:
         """Map the file identity of every file a job still holds in the drop dir, whatever its state
         (a finished job's file stays there when its move failed), to its job."""
         prefix = str(drop_dir).rstrip("/") + "/"
-        rows = self._execute(  # directly in the drop dir: the prefix, then a name without '/'
+        jobs = self._jobs(  # directly in the drop dir: the prefix, then a name without '/'
             "SELECT * FROM jobs WHERE file_identity IS NOT NULL AND substr(iso_path, 1, ?) = ? "
             "AND instr(substr(iso_path, ?), '/') = 0 ORDER BY id",
-            (len(prefix), prefix, len(prefix) + 1)).fetchall()
-        return {job.file_identity: job for job in map(self._job, rows)}
-
-    def name_holder(self, resource: str, sha256: str) -> Job | None:
-        """The live job (not rejected or duplicate) of other content that holds this MAAS name."""
-        row = self._execute(
-            "SELECT * FROM jobs WHERE resource = ? AND sha256 IS NOT ? "
-            "AND state NOT IN ('rejected', 'duplicate') ORDER BY id LIMIT 1", (resource, sha256)).fetchone()
-        return self._job(row) if row else None
+            (len(prefix), prefix, len(prefix) + 1))
+        return {job.file_identity: job for job in jobs}
 
     def newest_job_named(self, iso_names: tuple[str, ...]) -> Job | None:
         """The newest job whose file was dropped under one of these names (compared lower-case)."""
         named = [job for job in self.jobs() if job.iso.lower() in iso_names]  # Python's lower() knows Unicode
         return named[-1] if named else None
 
-    def update_if(self, job_id: int, state: str, **values: Any) -> bool:
-        """Update the job only if it is still in this state; return whether it was."""
-        if "state" in values and values["state"] not in STATES:
-            raise ValueError(f"unknown state {values['state']!r}")
-        values["updated"] = time.time()
-        assignments = ", ".join(f"{name} = :{name}" for name in values)
-        cursor = self._execute(f"UPDATE jobs SET {assignments} WHERE id = :job_id AND state = :expected",
-                               {**values, "job_id": job_id, "expected": state})
-        return cursor.rowcount == 1
-
-    def next_try_in(self, state: str, now: float | None = None) -> float | None:
-        """Seconds until the earliest job in this state is due (0 if one is due now), None if none waits."""
-        now = time.time() if now is None else now
-        row = self._execute("SELECT MIN(next_try) AS due FROM jobs WHERE state = ?", (state,)).fetchone()
-        return None if row is None or row["due"] is None else max(0.0, row["due"] - now)
-
-    def newest_resource(self) -> str | None:
-        """The MAAS name of the most recently registered image, if any."""
-        row = self._execute("SELECT resource FROM jobs WHERE state = 'registered' "
-                            "ORDER BY updated DESC LIMIT 1").fetchone()
-        return row["resource"] if row else None
-
     def counts(self) -> dict[str, int]:
-        rows = self._execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        rows = self._read("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
         return {row["state"]: row["n"] for row in rows}
 
     def delete(self, job_id: int) -> None:
-        self._execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        """Forget a job and its registrations (one transaction)."""
+        self._write(("DELETE FROM registrations WHERE job = ?", (job_id,)),
+                    ("DELETE FROM jobs WHERE id = ?", (job_id,)))
 
     def __iter__(self) -> Iterator[Job]:
         return iter(self.jobs())
+
+    # ----- registrations: one per (job, MAAS target) -----
+
+    @staticmethod
+    def _registration(row: sqlite3.Row) -> Registration:
+        data = {name: row[name] for name in _REGISTRATION_COLUMNS}
+        data["state"] = Target(data["state"])
+        return Registration(**data)
+
+    def _registrations(self, sql: str, parameters: tuple | dict = ()) -> list[Registration]:
+        return [self._registration(row) for row in self._read(sql, parameters)]
+
+    def add_registration(self, job_id: int, target: str, resource: str) -> bool:
+        """Make the job's registration on this target (pending) unless it has one; return whether
+        it was made."""
+        now = time.time()
+        _, made = self._write((
+            "INSERT OR IGNORE INTO registrations (job, target, state, resource, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?)", (job_id, target, Target.PENDING, resource, now, now)))
+        return made == 1
+
+    def registration(self, job_id: int, target: str) -> Registration | None:
+        found = self._registrations("SELECT * FROM registrations WHERE job = ? AND target = ?", (job_id, target))
+        return found[0] if found else None
+
+    def registrations(self, job_id: int | None = None) -> list[Registration]:
+        """A job's registrations (every registration when job_id is None), in the order they were made."""
+        if job_id is None:
+            return self._registrations("SELECT * FROM registrations ORDER BY job, rowid")
+        return self._registrations("SELECT * FROM registrations WHERE job = ? ORDER BY rowid", (job_id,))
+
+    def update_registration(self, job_id: int, target: str, **values: Any) -> Registration:
+        values = self._checked(values, _REGISTRATION_COLUMNS, Target)
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        self._write((f"UPDATE registrations SET {assignments} WHERE job = :job_id AND target = :target",
+                     {**values, "job_id": job_id, "target": target}))
+        return self.registration(job_id, target)
+
+    def next_registration_due(self, target: str, now: float | None = None) -> Registration | None:
+        """The target's pending registration due first whose job's image is built."""
+        now = time.time() if now is None else now
+        found = self._registrations(
+            "SELECT r.* FROM registrations r JOIN jobs j ON j.id = r.job WHERE r.target = ? AND r.state = ? "
+            "AND r.next_try <= ? AND j.state IN (?, ?, ?) AND j.artifact IS NOT NULL "
+            "ORDER BY r.next_try, r.job LIMIT 1", (target, Target.PENDING, now, *IMAGE_STATES))
+        return found[0] if found else None
+
+    def next_registration_in(self, target: str, now: float | None = None) -> float | None:
+        """Seconds until the target's next registration is due (0: now), None if none waits."""
+        now = time.time() if now is None else now
+        [row] = self._read(
+            "SELECT MIN(r.next_try) AS due FROM registrations r JOIN jobs j ON j.id = r.job WHERE r.target = ? "
+            "AND r.state = ? AND j.state IN (?, ?, ?) AND j.artifact IS NOT NULL",
+            (target, Target.PENDING, *IMAGE_STATES))
+        return None if row["due"] is None else max(0.0, row["due"] - now)
+
+    def waiting_registrations(self, target: str) -> list[Registration]:
+        """The target's registrations waiting for MAAS (a try failed and another is planned)."""
+        return self._registrations("SELECT * FROM registrations WHERE target = ? AND state = ? AND since IS NOT NULL "
+                                   "ORDER BY since", (target, Target.PENDING))
+
+    def name_holder(self, target: str, resource: str, sha256: str) -> Registration | None:
+        """The registration on this target of a live job of other content that holds this MAAS name."""
+        found = self._registrations(
+            "SELECT r.* FROM registrations r JOIN jobs j ON j.id = r.job WHERE r.target = ? AND r.resource = ? "
+            "AND j.sha256 IS NOT ? AND j.state NOT IN (?, ?) ORDER BY r.job LIMIT 1",
+            (target, resource, sha256, State.REJECTED, State.DUPLICATE))
+        return found[0] if found else None
+
+    def newest_resource(self) -> str | None:
+        """The MAAS name of the most recently registered image, if any."""
+        rows = self._read("SELECT resource FROM registrations WHERE state = ? ORDER BY updated DESC LIMIT 1",
+                          (Target.REGISTERED,))
+        return rows[0]["resource"] if rows else None
 
 
 def move_aside(path: Path, now: float | None = None) -> Path:

@@ -19,9 +19,10 @@ from typing import Callable
 
 import yaml
 
+from esxi_watcher import store as store_states
 from tests.paths import ROOT, TEMPLATES
 
-FINAL_STATES = {"registered", "duplicate", "failed", "rejected"}
+FINAL_STATES = {str(state) for state in store_states.FINAL_STATES}
 FILE_TEMPLATE = TEMPLATES / "file-builder" / "vmware-esxi"
 
 
@@ -149,7 +150,7 @@ class DaemonProcess:
 
         store = JobStore(self.state_dir / "jobs.sqlite3")
         try:
-            return job_rows(store.jobs())
+            return job_rows(store.jobs(), store.registrations())
         finally:
             store.close()
 
@@ -168,6 +169,20 @@ class DaemonProcess:
             return job if job["state"] not in FINAL_STATES or self._moved_out(job) else None
         try:
             return wait_for(reached, timeout, f"{iso_name} to reach {sorted(wanted)}")
+        except AssertionError:
+            raise AssertionError(f"{iso_name}: {self.job_for(iso_name)}\n--- daemon log tail ---\n"
+                                 + self.log_tail()) from None
+
+    def wait_for_registration(self, iso_name: str, target: str, states: set[str] | str, timeout: float = 60) -> dict:
+        """Wait until the job of that ISO has its registration on that target in one of these states."""
+        wanted = {states} if isinstance(states, str) else states
+
+        def reached():
+            job = self.job_for(iso_name) or {"registrations": []}
+            return next((record for record in job["registrations"]
+                         if record["target"] == target and record["state"] in wanted), None)
+        try:
+            return wait_for(reached, timeout, f"{iso_name} to reach {sorted(wanted)} on {target}")
         except AssertionError:
             raise AssertionError(f"{iso_name}: {self.job_for(iso_name)}\n--- daemon log tail ---\n"
                                  + self.log_tail()) from None

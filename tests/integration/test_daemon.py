@@ -148,4 +148,4 @@ def test_status_tells_the_admin_what_to_set_up(tmp_path, simulator, daemon_facto
     wait_for(lambda: any(line == "READY=1" for line in daemon.notifications), 20, "READY=1")
     status = wait_for(lambda: daemon.statuses(), 10, "a status")[-1]
     assert status == (f"idle: 0 registered, 0 queued; no packer-maas template at {tmp_path / 'no-checkout'}: "
-                      f"see {config}; no MAAS API key: see {config}")
+                      f"see {config}; no MAAS API key for default: see {config}")

@@ -47,6 +47,15 @@ def assert_registered_once(simulator, daemon, iso: Path, name: str = NAME) -> No
 HANGING = ["packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "hang=1", "vmware-esxi.json"]
 
 
+def wait_until_hanging(daemon, job_id: int) -> None:
+    """Wait until the HANGING build sleeps (its script said so): from then on, nothing it runs writes
+    to the daemon's pipe, so a daemon killed now leaves it running (a Packer still starting would
+    die of the broken pipe at its next line)."""
+    build_log = daemon.state_dir / "logs" / f"{job_id}.log"
+    wait_for(lambda: build_log.exists() and "shape-disk: hanging" in build_log.read_text(), 30,
+             "the build to hang")
+
+
 # ----- kill -9 at each stage ------------------------------------------------------------------
 
 def test_kill9_while_inspecting(tmp_path, simulator, daemon_factory):
@@ -67,7 +76,7 @@ def test_kill9_while_building_ends_the_dead_build(tmp_path, simulator, daemon_fa
     iso = drop(_iso(tmp_path, "build"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "building")
     marker = daemon.marker(job["id"])
-    wait_for(lambda: no_processes_of(marker), 30, "the build to start")
+    wait_until_hanging(daemon, job["id"])
     daemon.stop(signal.SIGKILL)
     orphans = no_processes_of(marker)
     assert orphans, "the dead daemon's build keeps running until someone ends it"
@@ -110,7 +119,7 @@ def test_kill9_while_uploading(tmp_path, simulator, daemon_factory):
     delay = simulator.inject("delay", seconds=4, method="PUT", path="/upload/")
     daemon = daemon_factory(config)
     iso = drop(_iso(tmp_path, "upload"), daemon.drop_dir)
-    daemon.wait_for_state(iso.name, "uploading")
+    daemon.wait_for_registration(iso.name, "default", "uploading")
     wait_for(lambda: delay.fired, 30, "the simulator to hold the first chunk")
     daemon.stop(signal.SIGKILL)
     restarted = daemon_factory(config)
@@ -186,7 +195,7 @@ def test_rejected_key_fails_at_once_and_retry_works_after_the_fix(tmp_path, simu
     daemon = daemon_factory(write_config(tmp_path / "site", simulator))
     iso = drop(_iso(tmp_path, f"auth{status_code}"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed")
-    assert job["error"].startswith("MAAS rejected the API key")
+    assert job["error"].startswith("MAAS default: MAAS rejected the API key")
     time.sleep(3)
     refused = [r for r in simulator.requests if r["status"] == status_code]
     assert len(refused) <= 2, f"a retry storm: {len(refused)} refused calls"
@@ -205,10 +214,11 @@ def test_an_answer_nobody_planned_for_fails_the_job_with_a_reason_and_the_daemon
     daemon = daemon_factory(write_config(tmp_path / "site", simulator))
     iso = drop(_iso(tmp_path, "odd"), daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "failed")
-    assert job["error"].startswith("unexpected error while registering: KeyError: 'id' (the traceback is in")
-    assert f"esxi-watcher retry {job['id']}" in job["error"]
+    assert job["error"].startswith("MAAS default: unexpected error while registering: KeyError: 'id' (the "
+                                   "traceback is in")
+    assert f"esxi-watcher retry {job['id']} --target default" in job["error"]
     reason = (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").read_text()
-    assert reason.startswith("unexpected error while registering: KeyError")
+    assert reason.startswith("MAAS default: unexpected error while registering: KeyError")
     assert [e["job"] for e in daemon.log_events() if e.get("event") == "job.internal_error"] == [job["id"]]
     assert daemon.alive()
 
@@ -266,7 +276,8 @@ def test_a_registration_refused_posts_one_banner_that_success_replaces(tmp_path,
     [failed] = wait_for(lambda: banners(simulator, job["id"]), 20, "the failure banner")
     assert failed["category"] == "error" and failed["admins"]
     assert "MAAS rejected the API key (HTTP 401)" in failed["message"]
-    assert f"`esxi-watcher retry {job['id']}`" in failed["message"] and "\n" not in failed["message"]
+    assert f"`esxi-watcher retry {job['id']} --target default`" in failed["message"]
+    assert "\n" not in failed["message"]
 
     simulator.clear_faults()  # the admin fixed the key
     assert daemon.cli("retry", str(job["id"])).returncode == 0

@@ -267,7 +267,7 @@ ESXI_9_RELEASES = [
 
 
 def default_name_and_title(facts: IsoFacts) -> tuple[str, str]:
-    maas = parse_config({}).maas
+    maas = parse_config({}).targets[0]
     return resource_name(maas.name_template, facts), resource_title(maas.title_template, facts)
 
 

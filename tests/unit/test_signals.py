@@ -14,4 +14,4 @@ def test_reloaded_keeps_the_folders_and_takes_the_rest():
     assert kept == ["drop_dir", "watch.settle"]
     assert changed == ["watch.rescan_interval", "maas.name_template", "log.level"]
     assert config.drop_dir == running.drop_dir and config.watch.settle == running.watch.settle
-    assert config.maas.name_template == "esxi/{version}-lab" and config.log.level == "debug"
+    assert config.targets[0].name_template == "esxi/{version}-lab" and config.log.level == "debug"

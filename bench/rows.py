@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from bench.common import (GiB, io_counters, MiB, PYTHON, Figure, cpu_seconds, mb_per_s, median, memory_kib, percentile,
                           run_child, run_timed, write_random_file)
 from bench.site import SimulatorProcess, Site, remove
+from tests.harness import wait_for
 
 
 @dataclass
@@ -34,14 +35,7 @@ class Context:
 
 
 def _wait(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+    return wait_for(predicate, timeout, what, interval)
 
 
 def _events(site: Site) -> list[dict]:

@@ -17,6 +17,9 @@ Which failures are worth retrying (BuildFailed.transient):
   (each attempt builds in a fresh copy, so it means the command builds outside the copy, e.g. a
   configured command pointing at the checkout; it stays until someone cleans up); an artifact
   missing or not a complete gzip after exit 0; a template folder with nothing to build.
+
+Over 400 lines on purpose: the work copy, the command of each template generation, the run, the
+reasons a build failed and the artifact check are the steps of one build and change together.
 """
 
 from __future__ import annotations

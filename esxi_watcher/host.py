@@ -3,7 +3,7 @@
 A build (packer, make, qemu-system-x86_64, qemu-nbd, nbdfuse, nbdkit, fusefat...) runs with
 ``ESXI_WATCHER_JOB=<job id>`` in its environment, in its own process group. When the daemon dies
 mid-build, those processes may go on, FUSE mounts may stay under the job's work dir or under
-``/tmp/packer-maas-XXXX``, and ``/dev/nbdN`` devices may stay attached (PACKER_MAAS.md).
+``/tmp/packer-maas-XXXX``, and ``/dev/nbdN`` devices may stay attached (docs/design.md, packer-maas's template generations).
 
 ``clean_host`` clears what belongs to jobs that are no longer running, in this order:
 processes first (a live qemu-nbd would hold its device), then mounts, then nbd devices.
@@ -11,6 +11,10 @@ Anything that belongs to someone else is left alone and named in the log and the
 
 Every root (/sys, /proc, /dev, /tmp) and every command is injectable, so tests point them at a
 prepared tree and at stand-in scripts (the kernel here has no nbd module).
+
+Over 400 lines on purpose: processes, mounts and nbd devices are cleared in one ordered pass that
+shares its ownership checks (pidfd + start time, the job marker); split by kind, each part would
+need the others' checks.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ An ISO is an ESXi installer when:
      one of them a *.v00-style VIB payload module (what the ESXi boot loader needs to boot at all);
   2. a version comes from BOOT.CFG's build=, VMWARE-ESX-BASE-OSL.TXT or the image profile name;
   3. it is not a vCenter Server Appliance (VCSA) installer.
+
+Over 400 lines on purpose: each place an ESXi ISO writes its version (BOOT.CFG, the OSL title, the
+image profile) has its reader here, and they are checked against each other.
 """
 
 from __future__ import annotations

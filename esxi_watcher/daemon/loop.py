@@ -8,8 +8,6 @@ workers sleep until a write to it (or their own news) wakes them.
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Callable
 import structlog
 
 from esxi_watcher import maas, sdnotify
-from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config, load_config, reloaded
+from esxi_watcher.config import DEFAULT_CONFIG_PATH, Config
 from esxi_watcher.daemon import banners, targets
 from esxi_watcher.daemon.activity import Activity
 from esxi_watcher.daemon.build_step import build_next
@@ -26,8 +24,9 @@ from esxi_watcher.daemon.context import Context
 from esxi_watcher.daemon.intake_worker import IntakeWorker
 from esxi_watcher.daemon.recovery import recover
 from esxi_watcher.daemon.register_step import register_next
+from esxi_watcher.daemon.signals import SignalInbox, log_notices, reload_config
 from esxi_watcher.daemon.startup import StoreOpening, claim_folders, prepare_dirs
-from esxi_watcher.errors import ConfigError, EsxiWatcherError, MissingApiKey, StoreUnavailable
+from esxi_watcher.errors import EsxiWatcherError, MissingApiKey, StoreUnavailable
 from esxi_watcher.status import status_line
 
 log = structlog.get_logger(__name__)
@@ -38,9 +37,6 @@ TICK = 0.5  # how often the status line is refreshed while a worker shows progre
 WORKER_RECHECK = 5.0
 STORE_RECHECK = 10.0  # a worker that cannot use the store tries again this often
 SETUP_RECHECK = 15.0
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-# Signals whose default action would kill the daemon and orphan a running build: noted, ignored.
-IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM)
 
 
 class Daemon:
@@ -55,7 +51,7 @@ class Daemon:
         self._registrar_stops: dict[str, threading.Event] = {}
         self._ping_every = sdnotify.watchdog_interval()
         self._last_ping = 0.0
-        self._signals_received: list[int] = []  # noted by the handlers, acted on by the main loop
+        self.signals = SignalInbox(stop=self.stop, wake=self._wake)
         self._store_notice: str | None = None
 
     # ----- life cycle -----
@@ -63,7 +59,7 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT/SIGQUIT; return the exit code. Raise AlreadyRunning, before
         touching the store or the host, when another daemon works on the same state or drop dir."""
-        self._install_signal_handlers()
+        self.signals.install()
         folder_lock = claim_folders(self.config)
         try:
             prepare_dirs(self.config)
@@ -82,7 +78,7 @@ class Daemon:
         from esxi_watcher.watch import DropWatcher
 
         context = self.context
-        self._log_notices(context.config)
+        log_notices(context.config)
         recover(context)
         watcher = DropWatcher(context.config.drop_dir, context.config.watch.settle)
         watcher.start()
@@ -247,46 +243,23 @@ class Daemon:
 
     # ----- signals and reloads -----
 
-    def _install_signal_handlers(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return
-        for number in STOP_SIGNALS:
-            signal.signal(number, lambda *_: self.stop())
-        for number in (signal.SIGHUP, *IGNORED_SIGNALS):
-            signal.signal(number, self._note_signal)
-        # Python runs handlers in the main thread only, and only once it is back from a blocking
-        # wait; the kernel may hand the signal to any thread. The wakeup fd wakes the main loop.
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
-        threading.Thread(target=self._relay_signals, args=(read_end,), name="signal-relay", daemon=True).start()
-
-    def _note_signal(self, number: int, _frame) -> None:
-        self._signals_received.append(number)
-
-    def _relay_signals(self, read_end: int) -> None:
-        while os.read(read_end, 64):
-            if self.context is not None:
-                self.context.store.changes.notify()
+    def _wake(self) -> None:
+        if self.context is not None:
+            self.context.store.changes.notify()
 
     def _handle_signals(self) -> None:
-        """Act on the signals noted since the last turn (logging inside a handler is not safe)."""
-        while self._signals_received:
-            number = self._signals_received.pop(0)
-            if number == signal.SIGHUP:
-                self.reload_config()
-            else:
-                log.warning("signal.ignored", signal=signal.Signals(number).name,
-                            reason="only SIGTERM, SIGINT or SIGQUIT stop the daemon; SIGHUP reloads")
+        for _ in self.signals.take():  # SIGHUP
+            self.reload_config()
 
     def reload_config(self) -> None:
         """Read the configuration file again (SIGHUP); the new settings apply from the next job on,
         a new target gets the images already built."""
         sdnotify.notify(RELOADING="1", MONOTONIC_USEC=str(time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000))
         try:
-            self._apply_config(load_config(self.config_path or DEFAULT_CONFIG_PATH))
-        except ConfigError as error:
-            log.error("config.reload_failed", error=str(error), keeping="the configuration loaded before")
+            new = reload_config(self.config_path or DEFAULT_CONFIG_PATH,
+                                self.context.config if self.context else self.config)
+            if new is not None:
+                self._apply_config(new)
         finally:
             if self.context is None:  # still waiting for the store, which says so itself
                 sdnotify.notify(READY="1")
@@ -294,17 +267,6 @@ class Daemon:
                 self._notify(ready=True)
 
     def _apply_config(self, new: Config) -> None:
-        from esxi_watcher.logs import configure_logging
-
-        old = self.context.config if self.context else self.config
-        new, kept, changed = reloaded(old, new)
-        if kept:
-            log.warning("config.restart_needed", keys=kept,
-                        reason="these keys change only when the daemon restarts: keeping the old values")
-        log.info("config.reloaded", changed=changed)  # before a new log level could hide it
-        self._log_notices(new)
-        if new.log != old.log:
-            configure_logging(new.log.format, new.log.level)
         self.config = new
         if self.context is None:
             return
@@ -312,8 +274,3 @@ class Daemon:
         self._sync_registrars()
         targets.plan_all(self.context)
         self.setup_problems = self._setup_problems()
-
-    @staticmethod
-    def _log_notices(config: Config) -> None:
-        for notice in config.notices:
-            log.warning("config.key_not_used", notice=notice)

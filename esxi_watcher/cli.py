@@ -19,6 +19,9 @@ _STORE_ADVICE = {StoreLocked: "try again", StoreNotADatabase: "the daemon moves 
 CLI_STORE_TIMEOUT = 5.0
 
 
+STATUS_FINISHED_SHOWN = 50  # finished jobs `status` shows without --all
+
+
 class UsageError(EsxiWatcherError):
     exit_code = 2
 
@@ -36,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true")
     status = commands.add_parser("status", help="list the jobs")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--all", action="store_true",
+                        help=f"every job; without it, jobs at work and the newest {STATUS_FINISHED_SHOWN} finished")
     logs = commands.add_parser("logs", help="print a job's build log")
     logs.add_argument("job", type=int)
     retry = commands.add_parser("retry", help="try a failed job again (e.g. after fixing the API key)")
@@ -120,8 +125,17 @@ def _status(config: Config, arguments: argparse.Namespace) -> int:
         print("[]" if arguments.json else "no jobs yet")
         return 0
     store = _open_store(config)
-    jobs, registrations = store.jobs(), store.registrations()
-    print(json.dumps(job_rows(jobs, registrations), indent=2) if arguments.json else job_table(jobs, registrations))
+    if arguments.all:
+        jobs, older = store.jobs(), 0
+    else:
+        jobs, older = store.jobs_to_show(finished=STATUS_FINISHED_SHOWN)
+    registrations = store.registrations_of(job.id for job in jobs)
+    if arguments.json:
+        print(json.dumps(job_rows(jobs, registrations), indent=2))
+        return 0
+    print(job_table(jobs, registrations))
+    if older:
+        print(f"({older} older finished jobs not shown: `esxi-watcher status --all`)")
     return 0
 
 

@@ -407,6 +407,34 @@ class JobStore:
         marks = ", ".join("?" for _ in states)
         return self._jobs(f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", states)
 
+    def jobs_to_show(self, finished: int) -> tuple[list[Job], int]:
+        """Every job still at work and the newest `finished` finished ones, by id; and how many older
+        finished jobs were left out (the history grows; what `status` shows must not)."""
+        marks = ", ".join("?" for _ in FINAL_STATES)
+        jobs = self._jobs(f"SELECT * FROM jobs WHERE state NOT IN ({marks}) OR id IN (SELECT id FROM jobs "
+                          f"WHERE state IN ({marks}) ORDER BY updated DESC, id DESC LIMIT ?) ORDER BY id",
+                          (*FINAL_STATES, *FINAL_STATES, finished))
+        total = self._read("SELECT COUNT(*) AS n FROM jobs")[0]["n"]
+        return jobs, total - len(jobs)
+
+    def jobs_missing_a_registration(self, states: Iterable[State], targets: Iterable[str]) -> list[Job]:
+        """Jobs in these states (with content) that lack a registration on one of these targets."""
+        states, targets = tuple(states), tuple(targets)
+        state_marks, target_marks = ", ".join("?" for _ in states), ", ".join("?" for _ in targets)
+        return self._jobs(
+            f"SELECT * FROM jobs WHERE state IN ({state_marks}) AND sha256 IS NOT NULL AND "
+            f"(SELECT COUNT(*) FROM registrations WHERE job = jobs.id AND target IN ({target_marks})) < ? "
+            "ORDER BY id", (*states, *targets, len(targets)))
+
+    def registrations_of(self, job_ids: Iterable[int]) -> list[Registration]:
+        """The registrations of these jobs, in the order they were made."""
+        job_ids = tuple(job_ids)
+        if not job_ids:
+            return []
+        marks = ", ".join("?" for _ in job_ids)
+        return self._registrations(f"SELECT * FROM registrations WHERE job IN ({marks}) ORDER BY job, rowid",
+                                   job_ids)
+
     def next_due(self, state: State, now: float | None = None) -> Job | None:
         """Return the oldest job in this state whose next try is due."""
         now = time.time() if now is None else now

@@ -45,8 +45,10 @@ def recover(context: Context) -> None:
 def finish_moves(context: Context) -> None:
     """Move finished jobs' ISOs that are still in the drop dir (a move failed, or the store could not
     record it); each that cannot move stays, logged once."""
-    for job in context.store.jobs(FINAL_STATES):
-        context.mover.finish(context.store, job)
+    in_drop_dir = context.store.identities_in_drop_dir(context.config.drop_dir).values()
+    for job in sorted(in_drop_dir, key=lambda job: job.id):
+        if job.state in FINAL_STATES:
+            context.mover.finish(context.store, job)
 
 
 def _keep_images_built_before(context: Context) -> None:

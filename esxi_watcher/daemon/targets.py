@@ -55,7 +55,9 @@ def plan(context: Context, job: Job) -> list[str]:
 def plan_all(context: Context) -> None:
     """Plan every job on every configured target (at start and after a reload: a target may be new),
     and decide every built job's outcome again (a target may be gone)."""
-    for job in context.store.jobs((State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)):
+    states = (State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)
+    names = [target.name for target in context.config.targets]
+    for job in context.store.jobs_missing_a_registration(states, names):  # not the whole history
         plan(context, job)
     for job in context.store.jobs((State.BUILT, State.FAILED)):
         settle(context, job.id)

@@ -61,3 +61,24 @@ def test_config_example_matches_the_shipped_file():
     result = cli("config-example")
     assert result.returncode == 0
     assert result.stdout == (ROOT / "config.example.yaml").read_text()
+
+
+def test_status_shows_jobs_at_work_and_the_newest_finished_and_all_on_request(tmp_path):
+    from esxi_watcher.cli import STATUS_FINISHED_SHOWN
+    from esxi_watcher.store import JobStore, State
+
+    config = write_config(tmp_path / "site")
+    (tmp_path / "site" / "state").mkdir(parents=True)
+    store = JobStore(tmp_path / "site" / "state" / "jobs.sqlite3")
+    for number in range(STATUS_FINISHED_SHOWN + 7):
+        store.add(state=State.REJECTED, iso=f"old-{number}.iso", iso_path=f"/d/old-{number}.iso", error="no")
+    queued = store.add(state=State.QUEUED, iso="waiting.iso", iso_path="/d/waiting.iso", sha256="4" * 64)
+    store.close()
+    table = cli("--config", str(config), "status").stdout.splitlines()
+    assert len(table) == 1 + STATUS_FINISHED_SHOWN + 1 + 1  # header, finished, the queued job, footer
+    assert any("waiting.iso" in line for line in table) and not any("old-0.iso" in line for line in table)
+    assert table[-1] == "(7 older finished jobs not shown: `esxi-watcher status --all`)"
+    rows = json.loads(cli("--config", str(config), "status", "--json").stdout)
+    assert len(rows) == STATUS_FINISHED_SHOWN + 1 and rows[-1]["id"] == queued.id
+    everything = json.loads(cli("--config", str(config), "status", "--json", "--all").stdout)
+    assert len(everything) == STATUS_FINISHED_SHOWN + 8

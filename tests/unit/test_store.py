@@ -156,3 +156,14 @@ def test_many_threads_share_one_store_and_always_read_whole_consistent_rows(tmp_
     for thread in writers:
         thread.join()
     assert problems == []
+
+
+def test_jobs_to_show_keeps_jobs_at_work_and_the_newest_finished(tmp_path):
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    finished = [store.add(state=State.REJECTED, iso=f"{n}.iso", iso_path=f"/d/{n}.iso", error="x") for n in range(8)]
+    at_work = store.add(state=State.QUEUED, iso="q.iso", iso_path="/d/q.iso", sha256="3" * 64)
+    store.update(finished[1].id, error="touched last")  # the newest finished by its last change
+    shown, older = store.jobs_to_show(finished=3)
+    assert [job.id for job in shown] == sorted([finished[1].id, finished[6].id, finished[7].id, at_work.id])
+    assert older == 5
+    assert store.jobs_to_show(finished=100) == (store.jobs(), 0)

@@ -417,6 +417,10 @@ class JobStore:
         total = self._read("SELECT COUNT(*) AS n FROM jobs")[0]["n"]
         return jobs, total - len(jobs)
 
+    def jobs_that_were_building(self) -> list[Job]:
+        """Jobs building, or whose build's process group is still recorded."""
+        return self._jobs("SELECT * FROM jobs WHERE state = ? OR pgid IS NOT NULL ORDER BY id", (State.BUILDING,))
+
     def jobs_missing_a_registration(self, states: Iterable[State], targets: Iterable[str]) -> list[Job]:
         """Jobs in these states (with content) that lack a registration on one of these targets."""
         states, targets = tuple(states), tuple(targets)

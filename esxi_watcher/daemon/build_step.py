@@ -8,6 +8,7 @@ that failed in a way that may pass is tried again later; anything else fails the
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 import time
@@ -225,15 +226,26 @@ def clean_host(context: Context, dead_jobs: set[str] | None = None) -> host.Clea
 
     Called only while no build of ours runs.
     """
-    jobs = context.store.jobs()
+    # What a dead build can leave belongs to a job that was building (its process group recorded)
+    # or still has a work dir: not to the whole history.
+    jobs = context.store.jobs_that_were_building()
     if dead_jobs is None:
-        dead_jobs = {context.marker(job.id) for job in jobs}
+        dead_jobs = {context.marker(job.id) for job in jobs} | _work_dir_names(context)
     groups = {job.pgid: context.marker(job.id) for job in jobs if job.pgid}
     report = host.clean_host(live_jobs=set(), dead_jobs=dead_jobs, work_root=context.config.work_root,
                              process_groups=groups)
     if any(report.counts().values()):
         log.warning("host.cleaned", **report.counts())
     return report
+
+
+def _work_dir_names(context: Context) -> set[str]:
+    """Names of the work dirs this daemon made (`<instance>-<job>`); anything else is not ours."""
+    ours = re.compile(re.escape(context.instance) + r"-[0-9]+")
+    try:
+        return {entry.name for entry in context.config.work_root.iterdir() if ours.fullmatch(entry.name)}
+    except FileNotFoundError:
+        return set()
 
 
 def _kvm_problem(context: Context) -> str | None:

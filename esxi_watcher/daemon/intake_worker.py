@@ -22,6 +22,8 @@ from esxi_watcher.watch import DropWatcher
 
 log = structlog.get_logger(__name__)
 
+DROP_DIR_CHECK = 2.0  # seconds between looks at whether the drop dir was removed or recreated
+
 
 class IntakeWorker:
     def __init__(self, context: Context, watcher: DropWatcher):
@@ -76,7 +78,9 @@ class IntakeWorker:
             targets.plan(self.context, job)
 
     def _until_next_look(self) -> float:
-        wake = self._next_rescan
+        # inotify cannot tell when a removed drop dir is made again (nothing watches its parent),
+        # and does not always report its removal: a stat this often notices both.
+        wake = min(self._next_rescan, time.monotonic() + DROP_DIR_CHECK)
         deadline = self.watcher.next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)

@@ -417,6 +417,14 @@ class JobStore:
         total = self._read("SELECT COUNT(*) AS n FROM jobs")[0]["n"]
         return jobs, total - len(jobs)
 
+    def jobs_with_artifact_under(self, folder: Path) -> list[Job]:
+        """Jobs whose recorded image lies under this folder."""
+        prefix = str(folder).rstrip("/") + "/"
+        return self._jobs("SELECT * FROM jobs WHERE substr(artifact, 1, ?) = ? ORDER BY id", (len(prefix), prefix))
+
+    def jobs_failed_at(self, step: Step) -> list[Job]:
+        return self._jobs("SELECT * FROM jobs WHERE state = ? AND failed_stage = ? ORDER BY id", (State.FAILED, step))
+
     def jobs_that_were_building(self) -> list[Job]:
         """Jobs building, or whose build's process group is still recorded."""
         return self._jobs("SELECT * FROM jobs WHERE state = ? OR pgid IS NOT NULL ORDER BY id", (State.BUILDING,))
@@ -429,6 +437,9 @@ class JobStore:
             f"SELECT * FROM jobs WHERE state IN ({state_marks}) AND sha256 IS NOT NULL AND "
             f"(SELECT COUNT(*) FROM registrations WHERE job = jobs.id AND target IN ({target_marks})) < ? "
             "ORDER BY id", (*states, *targets, len(targets)))
+
+    def registrations_in(self, state: Target) -> list[Registration]:
+        return self._registrations("SELECT * FROM registrations WHERE state = ? ORDER BY job, rowid", (state,))
 
     def registrations_of(self, job_ids: Iterable[int]) -> list[Registration]:
         """The registrations of these jobs, in the order they were made."""

@@ -31,10 +31,9 @@ def recover(context: Context) -> None:
         store.update(job.id, state=State.QUEUED, stage="re-queued after restart", pgid=None,
                      build_attempts=max(job.build_attempts - 1, 0))
         log.warning("recover.requeued", job=job.id, iso=job.iso)
-    for record in store.registrations():
-        if record.state is Target.UPLOADING:
-            store.update_registration(record.job, record.target, state=Target.PENDING)
-            log.warning("recover.upload_restarts", job=record.job, target=record.target, resource=record.resource)
+    for record in store.registrations_in(Target.UPLOADING):
+        store.update_registration(record.job, record.target, state=Target.PENDING)
+        log.warning("recover.upload_restarts", job=record.job, target=record.target, resource=record.resource)
     _keep_images_built_before(context)
     finish_moves(context)
     _remove_orphan_workdirs(context)
@@ -53,10 +52,8 @@ def finish_moves(context: Context) -> None:
 
 def _keep_images_built_before(context: Context) -> None:
     """Images built before they were kept apart sit in their job's work dir: move them to artifacts/."""
-    for job in context.store.jobs((State.BUILT, State.FAILED, State.REGISTERED)):
-        if not job.artifact or not job.artifact.startswith(str(context.config.work_root) + "/"):
-            continue
-        if not os.path.isfile(job.artifact):
+    for job in context.store.jobs_with_artifact_under(context.config.work_root):
+        if job.state not in (State.BUILT, State.FAILED, State.REGISTERED) or not os.path.isfile(job.artifact):
             continue  # its registration says the image is gone, and `retry` builds it again
         kept = context.artifact_path(job.id)
         kept.parent.mkdir(parents=True, exist_ok=True)
@@ -84,10 +81,11 @@ def _remove_orphan_images(context: Context) -> None:
     folder = context.config.artifacts_dir
     if not folder.is_dir():
         return
-    keep = {job.artifact for job in context.store.jobs() if job.artifact}
     for entry in folder.iterdir():
         match = _KEPT_IMAGE.fullmatch(entry.name)
-        image = str(folder / (match.group(1) + ".dd.gz")) if match else None
-        if match and image not in keep:
+        if not match:
+            continue
+        job = context.store.get(int(match.group(1)))
+        if job is None or job.artifact != str(folder / (match.group(1) + ".dd.gz")):
             entry.unlink(missing_ok=True)
             log.info("recover.image_removed", artifact=str(entry))

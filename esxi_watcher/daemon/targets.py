@@ -59,7 +59,7 @@ def plan_all(context: Context) -> None:
     names = [target.name for target in context.config.targets]
     for job in context.store.jobs_missing_a_registration(states, names):  # not the whole history
         plan(context, job)
-    for job in context.store.jobs((State.BUILT, State.FAILED)):
+    for job in context.store.jobs((State.BUILT,)) + context.store.jobs_failed_at(Step.REGISTER):
         settle(context, job.id)
 
 

@@ -314,7 +314,7 @@ def artifact_handling(ctx: Context) -> list[Figure]:
     assert runs[0]["answer"] == sha256
     reads = runs[0]["rchar"] / size
     figures = [Figure("artifact handling", f"check + sha256 of a {ctx.label(size)} artifact (build.check_artifact, "
-                      "daemon._sha256_file)",
+                      "build.artifact_sha256)",
                       f"{ours:.2f} s, {reads:.2f} reads of its bytes",
                       f"gzip -t {gzip_seconds:.2f} s + openssl {openssl_seconds:.2f} s = {baseline:.2f} s",
                       f"{ours / baseline:.2f}× the pair", "one read; ≤ 1.1× the pair",

@@ -8,7 +8,6 @@ that failed in a way that may pass is tried again later; anything else fails the
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import threading
 import time
@@ -241,9 +240,8 @@ def clean_host(context: Context, dead_jobs: set[str] | None = None) -> host.Clea
 
 def _work_dir_names(context: Context) -> set[str]:
     """Names of the work dirs this daemon made (`<instance>-<job>`); anything else is not ours."""
-    ours = re.compile(re.escape(context.instance) + r"-[0-9]+")
     try:
-        return {entry.name for entry in context.config.work_root.iterdir() if ours.fullmatch(entry.name)}
+        return {entry.name for entry in context.config.work_root.iterdir() if context.made_workdir(entry.name)}
     except FileNotFoundError:
         return set()
 

@@ -45,5 +45,10 @@ class Context:
     def workdir(self, job_id: int) -> Path:
         return self.config.work_root / self.marker(job_id)
 
+    def made_workdir(self, name: str) -> bool:
+        """Whether a name in work/ is one this daemon gives its work dirs (`<instance>-<job>`)."""
+        instance, dash, job = name.partition("-")
+        return instance == self.instance and bool(dash) and job.isascii() and job.isdigit()
+
     def artifact_path(self, job_id: int) -> Path:
         return self.config.artifacts_dir / f"{job_id}.dd.gz"

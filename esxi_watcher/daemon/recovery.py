@@ -66,9 +66,8 @@ def _keep_images_built_before(context: Context) -> None:
 
 def _remove_orphan_workdirs(context: Context) -> None:
     """Remove every work dir of ours (no build runs yet); anything else in work/ is not ours to delete."""
-    ours = re.compile(re.escape(context.instance) + r"-[0-9]+")
     for entry in context.config.work_root.iterdir():
-        if not ours.fullmatch(entry.name):
+        if not context.made_workdir(entry.name):
             log.warning("recover.workdir_not_ours", entry=str(entry),
                         reason="not a work dir this daemon made: left alone")
         else:

@@ -24,13 +24,13 @@ from esxi_watcher.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/esxi-watcher/config.yaml")
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
-_DURATION_UNITS = {"h": 3600, "m": 60, "s": 1}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s)")
+_DURATION_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_duration(value: Any) -> float:
-    """Given seconds (a number) or a string such as '90m', '1h30m' or '45s', return seconds."""
+    """Given seconds (a number) or a string such as '90m', '1h30m', '45s' or '30d', return seconds."""
     if isinstance(value, bool):
         raise ValueError("must be seconds or a duration such as '90m'")
     if isinstance(value, (int, float)):
@@ -73,6 +73,36 @@ def parse_path(value: Any) -> Path:
     if not path.is_absolute():
         raise ValueError(f"{value!r} must be an absolute path")
     return path
+
+
+def parse_optional_path(value: Any) -> Path | None:
+    return None if value is None else parse_path(value)
+
+
+def parse_optional_keep(value: Any) -> int | None:
+    """How many images to keep: unset keeps all; otherwise 1 or more."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("must be a whole number, 1 or more (leave it out to keep every image)")
+    return value
+
+
+_ENVIRONMENT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_environment(value: Any) -> dict[str, str]:
+    """Extra environment variables for the build: a mapping of names to strings."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of variable names to values, e.g. {https_proxy: 'http://proxy:3128'}")
+    for name, text in value.items():
+        if not isinstance(name, str) or not _ENVIRONMENT_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not an environment variable name")
+        if not isinstance(text, str):
+            raise ValueError(f"the value of {name} must be a string (quote numbers)")
+    return dict(value)
 
 
 def parse_text(value: Any) -> str:
@@ -180,6 +210,19 @@ OPTIONS: tuple[Option, ...] = (
            "A build still running after this long is killed (its whole process group)."),
     Option("build.retries", parse_count, 1,
            "How many more times a build that failed in a way that may be transient is tried."),
+    Option("build.kickstart", parse_optional_path, None,
+           "A kickstart file that replaces the template's own (KS.CFG, or http/vmware-esxi-ks.cfg in "
+           "older templates) in each job's work copy. Left empty, the template's kickstart is used.",
+           "/etc/esxi-watcher/ks.cfg"),
+    Option("build.root_password_file", parse_optional_path, None,
+           "A root-only file (mode 0600 or stricter) holding the root password the images get, in "
+           "place of packer-maas's default password123!: plain text, checked against ESXi's password "
+           "rules before the build, or a crypt hash ($6$...) written as `rootpw --iscrypted`.",
+           "/etc/esxi-watcher/root-password"),
+    Option("build.environment", parse_environment, {},
+           "Extra environment variables for the build commands: proxies (https_proxy, no_proxy), "
+           "PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, PACKER_PLUGIN_PATH (see the README's "
+           "offline MAAS host recipe)."),
     Option("maas.name", parse_target_name, "default",
            "The target's name, as status, logs, banners and `esxi-watcher retry JOB --target NAME` "
            "show it. `maas:` is one MAAS (this mapping) or a list of targets, each a mapping with "
@@ -211,9 +254,21 @@ OPTIONS: tuple[Option, ...] = (
            "waiting cannot fix (the API key refused, a 400 with a reason, the bytes held by another "
            "image) fail the registration; `esxi-watcher retry JOB --target NAME` tries again."),
     Option("maas.request_timeout", parse_duration, "120s", "Timeout of one HTTP request to MAAS."),
+    Option("maas.keep", parse_optional_keep, None,
+           "How many images to keep on this target per release line (major.minor and vendor): once "
+           "the newest is registered and complete, older images this daemon registered there are "
+           "deleted. Never an image the daemon did not create, nor one MAAS says was deployed within "
+           "keep_deployed_within. Left empty, every image is kept.", 2),
+    Option("maas.keep_deployed_within", parse_duration, "30d",
+           "With keep set: an older image MAAS reports as deployed within this long is kept."),
     Option("maas.notify", parse_bool, True,
            "Post a banner to MAAS admins on this target when an image is registered or fails (one "
            "banner per job, replaced by the next, the failure one naming the command that retries)."),
+    Option("metrics.textfile", parse_optional_path, None,
+           "A Prometheus node_exporter textfile (e.g. in the textfile collector's folder) rewritten "
+           "whenever jobs change: jobs by state, registrations per target, build durations, bytes "
+           "uploaded. Left empty, no metrics are written.",
+           "/var/lib/prometheus/node-exporter/esxi-watcher.prom"),
     Option("log.format", parse_choice("console", "json"), "console",
            "console: key=value lines (journald adds the time); json: one JSON object per line."),
     Option("log.level", parse_choice("debug", "info", "warning", "error"), "info", "Lowest level logged."),
@@ -245,6 +300,14 @@ class BuildConfig:
     console_log: str
     timeout: float
     retries: int
+    kickstart: Path | None = None
+    root_password_file: Path | None = None
+    environment: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    textfile: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -261,6 +324,8 @@ class TargetConfig:
     retry_max_wait: float
     request_timeout: float
     notify: bool
+    keep: int | None = None
+    keep_deployed_within: float = 30 * 86400.0
     # Where the file says it: 'maas' (a single mapping) or 'maas[NAME]' (an item of the list).
     where: str = dataclasses.field(default="maas", compare=False)
 
@@ -279,6 +344,7 @@ class Config:
     build: BuildConfig
     targets: tuple[TargetConfig, ...]
     log: LogConfig
+    metrics: MetricsConfig = MetricsConfig()
     # What the daemon logs about the file once loaded (keys no longer used), one line each.
     notices: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
@@ -303,7 +369,7 @@ class Config:
         return next((target for target in self.targets if target.name == name), None)
 
 
-_SECTIONS = {"watch": WatchConfig, "build": BuildConfig, "log": LogConfig}
+_SECTIONS = {"watch": WatchConfig, "build": BuildConfig, "metrics": MetricsConfig, "log": LogConfig}
 TARGET_OPTIONS = tuple(option for option in OPTIONS if option.key.startswith("maas."))
 _TOP_OPTIONS = tuple(option for option in OPTIONS if not option.key.startswith("maas."))
 
@@ -322,6 +388,8 @@ def _unknown_keys(document: dict) -> list[str]:
     problems = []
     for key, value in document.items():
         if key in _SECTIONS:
+            if value is None:  # a section whose keys are all commented out
+                continue
             if not isinstance(value, dict):
                 problems.append(f"At '{key}': must be a mapping")
                 continue

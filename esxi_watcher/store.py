@@ -60,6 +60,7 @@ class Target(_Named):
     UPLOADING = "uploading"
     REGISTERED = "registered"
     FAILED = "failed"
+    REMOVED = "removed"  # deleted from MAAS by retention (maas.keep); `removal` says why and what
 
 
 FINAL_STATES = (State.REGISTERED, State.FAILED, State.REJECTED, State.DUPLICATE)
@@ -71,7 +72,8 @@ IMAGE_STATES = (State.BUILT, State.REGISTERED, State.FAILED)
 LIVE_STATES = (State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)
 ACTIVE_TARGET_STATES = (Target.PENDING, Target.UPLOADING)
 CHECK_TIMEOUT = 2.0  # seconds a daemon's check of the store waits for another process's lock
-SCHEMA_VERSION = 1  # PRAGMA user_version: 0 = before registrations (one MAAS, in the jobs table)
+SCHEMA_VERSION = 2  # PRAGMA user_version: 0 = before registrations (one MAAS, in the jobs table),
+# 1 = before provenance and retention (the columns of _ADDED_COLUMNS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -91,13 +93,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     build_attempts    INTEGER NOT NULL DEFAULT 0,
     next_try      REAL NOT NULL DEFAULT 0,
     pgid          INTEGER,                  -- process group of the running build
+    fingerprint   TEXT,                     -- of the build recipe: template, scripts, kickstart settings
+    provenance    TEXT,                     -- JSON: what built the image (see provenance.py)
     created       REAL NOT NULL,
     updated       REAL NOT NULL
 );
--- One live job per ISO content: the same bytes under another name become a duplicate.
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state, next_try);
-CREATE UNIQUE INDEX IF NOT EXISTS one_job_per_content ON jobs(sha256)
-    WHERE state NOT IN ('rejected', 'duplicate') AND sha256 IS NOT NULL;
 -- One row per (job, MAAS target): the image built once, registered on each target.
 CREATE TABLE IF NOT EXISTS registrations (
     job           INTEGER NOT NULL,
@@ -110,11 +111,26 @@ CREATE TABLE IF NOT EXISTS registrations (
     resource      TEXT NOT NULL,            -- MAAS name on this target, decided when the row is made
     resource_id   INTEGER,
     set_version   TEXT,
+    removed       REAL,                     -- when retention deleted it from MAAS
+    removal       TEXT,                     -- what was deleted and why
     created       REAL NOT NULL,
     updated       REAL NOT NULL,
     PRIMARY KEY (job, target)
 );
 CREATE INDEX IF NOT EXISTS registrations_due ON registrations(target, state, next_try);
+"""
+
+# Columns added since a table was first made: an older store gets them when it is opened.
+_ADDED_COLUMNS = {
+    "jobs": {"fingerprint": "TEXT", "provenance": "TEXT"},
+    "registrations": {"removed": "REAL", "removal": "TEXT"},
+}
+# One live job per ISO content and build recipe: the same bytes under another name, built the same
+# way, become a duplicate; after the template or kickstart changed they are built again.
+_INDEXES = """
+DROP INDEX IF EXISTS one_job_per_content;
+CREATE UNIQUE INDEX IF NOT EXISTS one_job_per_recipe ON jobs(sha256, COALESCE(fingerprint, ''))
+    WHERE state NOT IN ('rejected', 'duplicate') AND sha256 IS NOT NULL;
 """
 
 # A store made before registrations kept one MAAS's registration in its jobs table: each becomes
@@ -150,6 +166,8 @@ class Job:
     build_attempts: int = 0
     next_try: float = 0.0
     pgid: int | None = None
+    fingerprint: str | None = None
+    provenance: dict | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -171,6 +189,8 @@ class Registration:
     error: str | None = None
     resource_id: int | None = None
     set_version: str | None = None
+    removed: float | None = None
+    removal: str | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(Job))
@@ -253,13 +273,15 @@ class JobStore:
         old_columns = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)").fetchall()}
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            _run_script(connection, _SCHEMA)
+            for table, columns in _ADDED_COLUMNS.items():
+                present = {row["name"] for row in connection.execute(f"PRAGMA table_info({table})").fetchall()}
+                for name, kind in columns.items():
+                    if name not in present:
+                        connection.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             if "register_attempts" in old_columns:
-                for statement in _FROM_VERSION_0.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
+                _run_script(connection, _FROM_VERSION_0)
+            _run_script(connection, _INDEXES)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             connection.execute("COMMIT")
         except BaseException:
@@ -339,7 +361,8 @@ class JobStore:
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
         data = {name: row[name] for name in _COLUMNS}  # a store from before may hold more columns
-        data["facts"] = json.loads(data["facts"]) if data["facts"] else None
+        for name in _JSON_COLUMNS:
+            data[name] = json.loads(data[name]) if data[name] else None
         data["state"] = State(data["state"])
         data["failed_stage"] = Step(data["failed_stage"]) if data["failed_stage"] else None
         return Job(**data)
@@ -352,15 +375,13 @@ class JobStore:
     def add(self, **values: Any) -> Job:
         """Insert a job; raise JobConflict if a live job already holds the same sha256."""
         now = time.time()
-        values = {**values, "created": now, "updated": now}
-        if isinstance(values.get("facts"), dict):
-            values["facts"] = json.dumps(values["facts"])
+        values = _as_json({**values, "created": now, "updated": now})
         names = ", ".join(values)
         marks = ", ".join(f":{name}" for name in values)
         try:
             job_id, _ = self._write((f"INSERT INTO jobs ({names}) VALUES ({marks})", values))
         except sqlite3.IntegrityError:
-            existing = self.live_job_for(values["sha256"])
+            existing = self.live_job_for(values["sha256"], values.get("fingerprint"))
             if existing is None:
                 raise
             raise JobConflict(existing) from None
@@ -370,9 +391,10 @@ class JobStore:
         found = self._jobs("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return found[0] if found else None
 
-    def live_job_for(self, sha256: str) -> Job | None:
-        found = self._jobs("SELECT * FROM jobs WHERE sha256 = ? AND state NOT IN (?, ?)",
-                           (sha256, State.REJECTED, State.DUPLICATE))
+    def live_job_for(self, sha256: str, fingerprint: str | None = None) -> Job | None:
+        """The live job of this ISO content built with this recipe (fingerprint), if any."""
+        found = self._jobs("SELECT * FROM jobs WHERE sha256 = ? AND COALESCE(fingerprint, '') = ? "
+                           "AND state NOT IN (?, ?)", (sha256, fingerprint or "", State.REJECTED, State.DUPLICATE))
         return found[0] if found else None
 
     @staticmethod
@@ -382,9 +404,7 @@ class JobStore:
             raise ValueError(f"unknown fields: {sorted(unknown)}")
         if "state" in values:
             values["state"] = states(values["state"])  # ValueError for a state that does not exist
-        if isinstance(values.get("facts"), dict):
-            values["facts"] = json.dumps(values["facts"])
-        return {**values, "updated": time.time()}
+        return _as_json({**values, "updated": time.time()})
 
     def update(self, job_id: int, **values: Any) -> Job:
         values = self._checked(values, _COLUMNS, State)
@@ -563,6 +583,21 @@ class JobStore:
         rows = self._read("SELECT resource FROM registrations WHERE state = ? ORDER BY updated DESC LIMIT 1",
                           (Target.REGISTERED,))
         return rows[0]["resource"] if rows else None
+
+
+_JSON_COLUMNS = ("facts", "provenance")
+
+
+def _as_json(values: dict[str, Any]) -> dict[str, Any]:
+    """Given column values, return them with the JSON columns' dicts as JSON text."""
+    return {name: json.dumps(value) if name in _JSON_COLUMNS and isinstance(value, dict) else value
+            for name, value in values.items()}
+
+
+def _run_script(connection: sqlite3.Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            connection.execute(statement)
 
 
 def move_aside(path: Path, now: float | None = None) -> Path:

@@ -167,3 +167,30 @@ def test_jobs_to_show_keeps_jobs_at_work_and_the_newest_finished(tmp_path):
     assert [job.id for job in shown] == sorted([finished[1].id, finished[6].id, finished[7].id, at_work.id])
     assert older == 5
     assert store.jobs_to_show(finished=100) == (store.jobs(), 0)
+
+
+def test_a_version_1_store_gets_the_provenance_and_retention_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "jobs.sqlite3"
+    store = JobStore(path)
+    job = store.add(iso="a.iso", iso_path="/drop/a.iso", state=State.REGISTERED, sha256="ab" * 32)
+    store.close()
+    connection = sqlite3.connect(path)  # the store as version 1 left it: no new columns, old index
+    connection.executescript(
+        "DROP INDEX one_job_per_recipe; ALTER TABLE jobs DROP COLUMN fingerprint; "
+        "ALTER TABLE jobs DROP COLUMN provenance; ALTER TABLE registrations DROP COLUMN removed; "
+        "ALTER TABLE registrations DROP COLUMN removal; CREATE UNIQUE INDEX one_job_per_content ON jobs(sha256) "
+        "WHERE state NOT IN ('rejected', 'duplicate') AND sha256 IS NOT NULL; PRAGMA user_version = 1;")
+    connection.close()
+
+    store = JobStore(path)
+    assert store.get(job.id).fingerprint is None
+    rebuilt = store.add(iso="a.iso", iso_path="/drop/a.iso", state=State.QUEUED, sha256="ab" * 32,
+                        fingerprint="f1", provenance={"template": {"commit": "abc"}})
+    assert store.get(rebuilt.id).provenance == {"template": {"commit": "abc"}}
+    with pytest.raises(JobConflict) as conflict:
+        store.add(iso="b.iso", iso_path="/drop/b.iso", state=State.QUEUED, sha256="ab" * 32, fingerprint="f1")
+    assert conflict.value.existing.id == rebuilt.id
+    indexes = {row[0] for row in store._read("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "one_job_per_recipe" in indexes and "one_job_per_content" not in indexes

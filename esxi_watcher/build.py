@@ -170,8 +170,10 @@ def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | Non
               artifact_name: str, iso: Path, workdir: Path, log_path: Path, timeout: float,
               on_line: Callable[[str], None] | None = None,
               on_start: Callable[[int], None] | None = None,
-              stop_event: threading.Event | None = None) -> Path:
+              stop_event: threading.Event | None = None,
+              on_command: Callable[[list[str]], None] | None = None) -> Path:
     """Given a job and its ISO, build the image in a copy of the template; return the artifact.
+    on_command gets each argv list as it starts (the job's provenance records them).
 
     Raises BuildFailed (BuildStopped when stop_event was set) with a reason for the operator.
     """
@@ -185,6 +187,8 @@ def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | Non
     log.info("build.started", job=job_id, iso=Path(iso).name, workdir=str(workdir),
              commands=len(commands))
     for argv in commands:
+        if on_command is not None:
+            on_command(argv)
         result = _run_step(argv, template_copy, log_path, deadline, environment,
                            on_line, on_start, stop_event)
         _check_step(argv, result, timeout, log_path)

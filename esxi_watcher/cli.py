@@ -1,4 +1,5 @@
-"""Command-line entry points: run, inspect, status, logs, retry, forget, doctor, config-example.
+"""Command-line entry points: run, inspect, status, logs, retry, forget, show, rebuild, doctor,
+config-example.
 
 Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job).
 """
@@ -50,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop a finished job from the store and its kept image "
                                                  "(its ISO stays)")
     forget.add_argument("job", type=int)
+    show = commands.add_parser("show", help="what built a job's image (ISO, template, packer, commands, "
+                                            "durations, image) and where it is registered")
+    show.add_argument("job", type=int)
+    show.add_argument("--json", action="store_true")
+    rebuild = commands.add_parser("rebuild", help="build a registered job's ISO again with today's template "
+                                                  "and kickstart (a new job; the daemon builds and registers it)")
+    rebuild.add_argument("job", type=int)
     commands.add_parser("doctor", help="check the configuration, template, packer, KVM and MAAS")
     commands.add_parser("config-example", help="print an example configuration with every key")
     return parser
@@ -75,7 +83,7 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return _inspect(arguments.iso, arguments.json)
     config = load_config(arguments.config)
     handlers = {"run": _run, "status": _status, "logs": _logs, "retry": _retry, "forget": _forget,
-                "doctor": _doctor}
+                "doctor": _doctor, "show": _show, "rebuild": _rebuild}
     return handlers[arguments.command](config, arguments)
 
 
@@ -157,6 +165,30 @@ def _retry(config: Config, arguments: argparse.Namespace) -> int:
     store = _open_store(config)
     job = retry_job(store, _job(store, arguments.job), config.drop_dir, arguments.target)
     print(f"job {job.id} is {job.state} again: {job.iso}" + (f" (target {arguments.target})" if arguments.target else ""))
+    return 0
+
+
+def _show(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.show import show_dict, show_text
+
+    store = _open_store(config)
+    job = _job(store, arguments.job)
+    registrations = store.registrations(job.id)
+    if arguments.json:
+        print(json.dumps(show_dict(job, registrations), indent=2))
+    else:
+        print(show_text(job, registrations))
+    return 0
+
+
+def _rebuild(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.provenance import short
+    from esxi_watcher.rebuild import rebuild_job
+
+    store = _open_store(config)
+    job = rebuild_job(store, _job(store, arguments.job), config)
+    print(f"job {job.id} queued: {job.iso} ({job.iso_path}) with today's template and kickstart (fingerprint "
+          f"{short(job.fingerprint)}…), a rebuild of job {arguments.job}; `esxi-watcher show {job.id}` once built")
     return 0
 
 

@@ -104,3 +104,10 @@ class AlreadyRunning(EsxiWatcherError):
         self.folder = folder
         self.holder = holder
         super().__init__(f"another esxi-watcher already works on {key} {folder}: {holder}")
+
+
+class NotRebuildable(EsxiWatcherError):
+    """`esxi-watcher rebuild` cannot queue this job's ISO again (not finished, ISO gone or changed,
+    recipe unchanged)."""
+
+    exit_code = 2

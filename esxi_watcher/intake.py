@@ -16,11 +16,11 @@ from typing import Callable
 
 import structlog
 
-from esxi_watcher import checksums, outcomes
-from esxi_watcher.config import TargetConfig
+from esxi_watcher import checksums, outcomes, provenance
+from esxi_watcher.config import BuildConfig, TargetConfig
 from esxi_watcher.iso import IsoFacts, inspect_iso
 from esxi_watcher.naming import distinct_name, resource_name
-from esxi_watcher.store import Job, JobConflict, JobStore, State
+from esxi_watcher.store import Job, JobConflict, JobStore, State, Step
 from esxi_watcher.watch import file_identity
 
 log = structlog.get_logger(__name__)
@@ -96,8 +96,12 @@ def sha256_of(descriptor: int, stop_event: threading.Event | None = None,
 
 class Intake:
     def __init__(self, drop_dir: Path, max_size: int, store: JobStore, stop_event: threading.Event,
-                 heartbeat: Callable[[], None] | None = None, *, mover: outcomes.Mover | None = None):
+                 heartbeat: Callable[[], None] | None = None, *, mover: outcomes.Mover | None = None,
+                 recipe: Callable[[], tuple[BuildConfig, str]] | None = None):
+        """recipe() gives the build configuration in use and its fingerprint (provenance.py): the
+        same content is a duplicate only of a job built with the same recipe."""
         self.heartbeat = heartbeat
+        self.recipe = recipe
         self.drop_dir = drop_dir
         self.max_size = max_size
         self.store = store
@@ -174,12 +178,23 @@ class Intake:
     def _queue(self, path: Path, status: os.stat_result, sha256: str, facts: dict) -> Job:
         values = dict(iso=path.name, iso_path=str(path), file_identity=file_identity(status),
                       sha256=sha256, size=status.st_size, facts=facts)
+        if self.recipe is not None:
+            build_config, fingerprint = self.recipe()
+            values["fingerprint"] = fingerprint
+            values["provenance"] = provenance.queued_record(iso=path.name, sha256=sha256, size=status.st_size,
+                                                            facts=facts, build_config=build_config,
+                                                            fingerprint=fingerprint)
+            failed = self.store.failed_build_of(sha256)
+            if failed is not None and failed.fingerprint != fingerprint and \
+                    self.store.live_job_for(sha256, fingerprint) is None:
+                return self._build_again(failed, values)  # no image of it to keep: built with today's recipe
         try:
             job = self.store.add(state=State.QUEUED, **values)
         except JobConflict as conflict:
             return self._same_content(path, values, conflict.existing)
         log.info("job.queued", job=job.id, iso=path.name, version=facts["version"],
-                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256)
+                 update=facts["update"], build=facts["build"], vendor=facts["vendor"], sha256=sha256,
+                 fingerprint=provenance.short(job.fingerprint))
         return job
 
     def _same_content(self, path: Path, values: dict, existing: Job) -> Job:
@@ -190,8 +205,7 @@ class Intake:
                                      file_identity=values["file_identity"])
         if existing.state is State.FAILED:
             return self._build_again(existing, values)
-        reason = (f"same content (sha256 {values['sha256'][:12]}…) as {existing.iso!r}, job {existing.id} "
-                  f"({existing.state}): not built twice")
+        reason = duplicate_reason(values["sha256"], existing)
         job = self.store.add(state=State.DUPLICATE, duplicate_of=existing.id, error=reason, **values)
         log.info("job.duplicate", job=job.id, iso=path.name, duplicate_of=existing.id)
         return self.mover.finish(self.store, job)
@@ -202,8 +216,11 @@ class Intake:
         from esxi_watcher.retry import requeue
 
         old_path = Path(failed.iso_path)
+        recipe = {}  # a kept image keeps the record of what built it
+        if failed.failed_stage is Step.BUILD:
+            recipe = {name: values[name] for name in ("fingerprint", "provenance") if name in values}
         job = requeue(self.store, failed, stage="dropped again", iso=values["iso"], iso_path=values["iso_path"],
-                      file_identity=values["file_identity"])
+                      file_identity=values["file_identity"], **recipe)
         note = Path(f"{old_path}{outcomes.REASON_SUFFIX}")
         if old_path.parent == self.drop_dir / outcomes.FAILED and not os.path.lexists(old_path):
             note.unlink(missing_ok=True)  # our own note on a failure that is being tried again
@@ -264,6 +281,16 @@ class Intake:
                                          reason)
             except OSError as error:
                 log.error("checksum.not_moved", job=job.id, checksum=path.name, error=str(error))
+
+
+def duplicate_reason(sha256: str, existing: Job) -> str:
+    """Given an ISO's sha256 and the live job already built (or being built) from it with the same
+    recipe, return why it is not built again."""
+    reason = f"same content (sha256 {sha256[:12]}…) as {existing.iso!r}, job {existing.id} ({existing.state})"
+    if existing.fingerprint:
+        reason += (f", built with the same template and kickstart (fingerprint "
+                   f"{provenance.short(existing.fingerprint)}…)")
+    return reason + ": not built twice; after a change of the template or kickstart it is built again"
 
 
 def checksum_mismatch(expected: list[checksums.Expected], digests: dict[str, str]) -> str | None:

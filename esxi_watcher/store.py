@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, fields
 from pathlib import Path
 from enum import Enum
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from esxi_watcher.errors import StoreLocked, StoreNotADatabase, StoreUnavailable
 
@@ -397,6 +397,12 @@ class JobStore:
                            "AND state NOT IN (?, ?)", (sha256, fingerprint or "", State.REJECTED, State.DUPLICATE))
         return found[0] if found else None
 
+    def failed_build_of(self, sha256: str) -> Job | None:
+        """The newest job of this ISO content whose build failed (whatever its recipe), if any."""
+        found = self._jobs("SELECT * FROM jobs WHERE sha256 = ? AND state = ? AND failed_stage = ? "
+                           "ORDER BY id DESC LIMIT 1", (sha256, State.FAILED, Step.BUILD))
+        return found[0] if found else None
+
     @staticmethod
     def _checked(values: dict[str, Any], columns: tuple[str, ...], states: type[_Named]) -> dict[str, Any]:
         unknown = set(values) - set(columns)
@@ -411,6 +417,15 @@ class JobStore:
         assignments = ", ".join(f"{name} = :{name}" for name in values)
         self._write((f"UPDATE jobs SET {assignments} WHERE id = :job_id", {**values, "job_id": job_id}))
         return self.get(job_id)
+
+    def change_provenance(self, job_id: int, change: Callable[[dict], dict]) -> Job | None:
+        """Replace the job's provenance by change(provenance) as one step of this process's writers
+        (the builder and each registrar add their part of it); return the job, None if it is gone."""
+        with self._lock:
+            job = self.get(job_id)
+            if job is None:
+                return None
+            return self.update(job_id, provenance=change(dict(job.provenance or {})))
 
     def update_if(self, job_id: int, state: State, **values: Any) -> bool:
         """Update the job only if it is still in this state; return whether it was."""

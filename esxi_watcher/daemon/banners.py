@@ -12,6 +12,7 @@ from esxi_watcher import maas
 from esxi_watcher.config import Config, TargetConfig
 from esxi_watcher.errors import EsxiWatcherError
 from esxi_watcher.logs import add_secret, redact
+from esxi_watcher.provenance import SHORT
 
 log = structlog.get_logger(__name__)
 
@@ -22,6 +23,18 @@ STORE_NOTICE_IDENT = "esxi-watcher-store"
 def job_ident(job_id: int) -> str:
     """One banner per job on each target: a later one replaces the earlier."""
     return f"esxi-watcher-{job_id}"
+
+
+def provenance_note(job) -> str:
+    """What a success banner says of what built the image: the job, the template's commit (or the
+    recipe's fingerprint when the template is not a git checkout) and where to read the rest."""
+    template = (job.provenance or {}).get("template") or {}
+    commit = template.get("git_commit")
+    if commit:
+        recipe = f"template {commit[:SHORT]}" + (" with local changes" if template.get("git_dirty") else "")
+    else:
+        recipe = f"recipe {(template.get('fingerprint') or job.fingerprint or 'unknown')[:SHORT]}"
+    return f"job {job.id}, {recipe}: `esxi-watcher show {job.id}`"
 
 
 def post(target: TargetConfig, endpoint: maas.Endpoint, ident: str, category: str, message: str) -> None:

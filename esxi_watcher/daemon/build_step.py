@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from esxi_watcher import build, host
+from esxi_watcher import build, host, provenance
 from esxi_watcher.daemon import targets
 from esxi_watcher.daemon.activity import Lease, Slot
 from esxi_watcher.daemon.context import Context
@@ -70,16 +70,56 @@ def build_job(context: Context, job: Job, slot: Slot) -> None:
     attempts = job.build_attempts + 1
     store.update(job.id, state=State.BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
     log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(context.workdir(job.id)))
+    _record_recipe(context, job)
+    commands: list[list[str]] = []
+    started = time.monotonic()
     with slot.lease() as lease:
-        artifact, failure, monitor = _run(context, job, lease)
+        artifact, failure, monitor = _run(context, job, lease, commands)
+    _record_build(context, job.id, commands, time.monotonic() - started, artifact)
     if failure is not None:
         _build_failed(context, store.get(job.id), failure, monitor.explain(str(failure)), slot)
         return
     _keep_image(context, job, artifact)
 
 
-def _run(context: Context, job: Job, lease: Lease) -> tuple[Path | None, BuildFailed | None, BuildMonitor]:
-    """Run the build, showing its stage; return (artifact, None) or (None, why it failed)."""
+def _record_recipe(context: Context, job: Job) -> None:
+    """Record in the job's provenance what it is built with: today's recipe (its fingerprint becomes
+    the job's, unless another live job of this content was queued with it), the template's git
+    source, the packer version, and how long the job waited in line."""
+    config, store = context.config, context.store
+    try:
+        fingerprint = provenance.fingerprint_for(config)
+    except OSError as error:  # the state dir cannot hold the salt: the build says more if it matters
+        log.warning("provenance.no_fingerprint", job=job.id, error=error.strerror or str(error))
+        fingerprint = job.fingerprint
+    update = {
+        "iso": {"name": job.iso, "sha256": job.sha256, "size": job.size}, "esxi": job.facts,
+        "template": {"path": str(config.build.template_dir), "fingerprint": fingerprint,
+                     **provenance.template_source(config.build.template_dir)},
+        "kickstart": provenance.kickstart_record(config.build),
+        "packer_version": provenance.packer_version(config.build.environment or None),
+        "durations": {"queued": round(time.time() - job.created, 3)},
+    }
+    store.change_provenance(job.id, lambda record: provenance.merged(record, update))
+    if fingerprint and fingerprint != job.fingerprint and store.live_job_for(job.sha256, fingerprint) is None:
+        store.update(job.id, fingerprint=fingerprint)
+        log.info("build.recipe_changed", job=job.id, was=provenance.short(job.fingerprint),
+                 now=provenance.short(fingerprint))
+
+
+def _record_build(context: Context, job_id: int, commands: list[list[str]], seconds: float,
+                  artifact: Path | None) -> None:
+    """Record the commands as run, how long the build took, and the image's size and sha256."""
+    update: dict = {"commands": commands, "durations": {"build": round(seconds, 3)}}
+    if artifact is not None:
+        update["artifact"] = {"size": artifact.stat().st_size, "sha256": build.artifact_sha256(artifact)}
+    context.store.change_provenance(job_id, lambda record: provenance.merged(record, update))
+
+
+def _run(context: Context, job: Job, lease: Lease,
+         commands: list[list[str]]) -> tuple[Path | None, BuildFailed | None, BuildMonitor]:
+    """Run the build, showing its stage; return (artifact, None) or (None, why it failed). The
+    commands it ran are added to `commands`."""
     config, store = context.config, context.store
     workdir = context.workdir(job.id)
     started = time.monotonic()
@@ -93,7 +133,8 @@ def _run(context: Context, job: Job, lease: Lease) -> tuple[Path | None, BuildFa
             command=config.build.command, artifact_name=config.build.artifact,
             iso=Path(job.iso_path), workdir=workdir, log_path=config.logs_dir / f"{job.id}.log",
             timeout=config.build.timeout, on_line=monitor.packer_line,
-            on_start=lambda pid: store.update(job.id, pgid=pid), stop_event=context.stop_event)
+            on_start=lambda pid: store.update(job.id, pgid=pid), stop_event=context.stop_event,
+            on_command=lambda argv: commands.append([redact(str(arg)) for arg in argv]))
     except BuildFailed as error:
         return None, error, monitor
     finally:

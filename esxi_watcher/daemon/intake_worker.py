@@ -12,6 +12,8 @@ import time
 
 import structlog
 
+from esxi_watcher import provenance
+from esxi_watcher.config import BuildConfig
 from esxi_watcher.daemon import targets
 from esxi_watcher.daemon.context import Context
 from esxi_watcher.daemon.recovery import finish_moves
@@ -33,7 +35,7 @@ class IntakeWorker:
         watcher.on_change = self.doorbell.notify
         config = context.config
         self.intake = Intake(config.drop_dir, config.watch.max_iso_size, context.store, context.stop_event,
-                             mover=context.mover)
+                             mover=context.mover, recipe=self._recipe)
         self._next_rescan = time.monotonic() + config.watch.rescan_interval
 
     def run(self) -> None:
@@ -76,6 +78,11 @@ class IntakeWorker:
             return
         if job is not None and job.state is State.QUEUED:
             targets.plan(self.context, job)
+
+    def _recipe(self) -> tuple[BuildConfig, str]:
+        """The build configuration in use now (a reload may have changed it) and its fingerprint."""
+        config = self.context.config
+        return config.build, provenance.fingerprint_for(config)
 
     def _until_next_look(self) -> float:
         # inotify cannot tell when a removed drop dir is made again (nothing watches its parent),

@@ -18,7 +18,7 @@ from typing import Callable
 
 import structlog
 
-from esxi_watcher import build, maas
+from esxi_watcher import build, maas, provenance
 from esxi_watcher.config import TargetConfig
 from esxi_watcher.daemon import banners, targets
 from esxi_watcher.daemon.activity import Lease, Slot
@@ -92,6 +92,7 @@ def register(context: Context, target: TargetConfig, job: Job, record: Registrat
     endpoint = maas.Endpoint(url=target.url, api_key=api_key, request_timeout=target.request_timeout)
     tries = record.attempts + 1
     store.update_registration(job.id, target.name, state=Target.UPLOADING, attempts=tries)
+    started = time.monotonic()
     with slot.lease() as lease:
         try:
             registration = _attempt(context, target, endpoint, job, record, lease)
@@ -103,6 +104,7 @@ def register(context: Context, target: TargetConfig, job: Job, record: Registrat
         except MaasError as error:
             _failed(context, target, job, record, redact(str(error)), endpoint)
         else:
+            _record_duration(context, job.id, target.name, time.monotonic() - started)
             _registered(context, target, job, record, registration, endpoint)
 
 
@@ -130,6 +132,12 @@ def _attempt(context: Context, target: TargetConfig, endpoint: maas.Endpoint, jo
         return task.result()
 
     return asyncio.run(attempt())
+
+
+def _record_duration(context: Context, job_id: int, target: str, seconds: float) -> None:
+    """The job's provenance keeps how long its registration on each target took (the try that did it)."""
+    update = {"durations": {f"register:{target}": round(seconds, 3)}}
+    context.store.change_provenance(job_id, lambda record: provenance.merged(record, update))
 
 
 def title_for(target: TargetConfig, job: Job, resource: str) -> str:
@@ -176,6 +184,7 @@ def _registered(context: Context, target: TargetConfig, job: Job, record: Regist
     targets.settle(context, job.id)
     if target.notify:  # the same ident as a failure banner: this one replaces it
         banners.post(target, endpoint, banners.job_ident(job.id), "success",
-                     f"esxi-watcher registered {registration.name} from {job.iso}.")
+                     f"esxi-watcher registered {registration.name} from {job.iso} "
+                     f"({banners.provenance_note(context.store.get(job.id) or job)}).")
     elif record.error is not None:  # a failure banner posted while notify was on goes
         banners.dismiss(target, endpoint, banners.job_ident(job.id))

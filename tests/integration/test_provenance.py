@@ -1,0 +1,226 @@
+"""Provenance: each job records what built its image (`esxi-watcher show`); the same ISO dropped again
+is a duplicate while the template and kickstart are unchanged and is built again once they changed;
+`esxi-watcher rebuild` builds a registered image again with today's template."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from esxi_watcher import provenance
+from tests.harness import drop, wait_for, write_config
+from tests.isogen import make_esxi_iso
+from tests.paths import TEMPLATES
+from tests.unit.test_same_version import NAME
+
+
+def _git(folder: Path, *arguments: str) -> str:
+    return subprocess.run(["git", "-C", str(folder), *arguments], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def _checkout(tmp_path: Path, *, git: bool = True) -> Path:
+    """A packer-maas-like checkout of our test template (a copy: the tree's own is never edited)."""
+    checkout = tmp_path / "packer-maas"
+    shutil.copytree(TEMPLATES / "file-builder", checkout, symlinks=True)
+    if git:
+        _git(checkout, "init", "-q")
+        _git(checkout, "add", "-A")
+        _git(checkout, "-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-q", "-m", "template")
+    return checkout
+
+
+def _change_the_template(checkout: Path) -> None:
+    """An admin's edit of the template's script: the image it makes differs too."""
+    with open(checkout / "scripts" / "shape-disk", "a") as script:
+        script.write('echo "recipe=changed" >> "$disk"\n')
+
+
+def _show(daemon, job_id: int) -> dict:
+    result = daemon.cli("show", str(job_id), "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _job(daemon, job_id: int) -> dict | None:
+    return next((job for job in daemon.jobs() if job["id"] == job_id), None)
+
+
+def _wait_for_job(daemon, job_id: int, state: str, timeout: float = 60) -> dict:
+    try:
+        return wait_for(lambda: (_job(daemon, job_id) or {}).get("state") == state and _job(daemon, job_id),
+                        timeout, f"job {job_id} to be {state}")
+    except AssertionError:
+        raise AssertionError(f"{_job(daemon, job_id)}\n{daemon.log_tail()}") from None
+
+
+def _sets(simulator, name: str) -> dict:
+    [resource] = [r for r in simulator.resources() if r["name"] == name]
+    return resource
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _assert_full_provenance(shown: dict, iso: Path, simulator) -> None:
+    record = shown["provenance"]
+    assert shown["sha256"] == record["iso"]["sha256"] == _sha256(iso.read_bytes())
+    assert record["iso"]["size"] == iso.stat().st_size
+    assert record["esxi"]["version"] == "8.0.2" and record["esxi"]["build"] == 22380479
+    assert record["template"]["fingerprint"] == shown["fingerprint"] and len(shown["fingerprint"]) == 64
+    assert record["packer_version"] == "1.6.6"
+    assert record["commands"] and record["commands"][0][:2] == ["packer", "build"]
+    assert record["kickstart"] == {"file": None, "root_password": "template default"}
+    durations = record["durations"]
+    assert {"queued", "build", "register:default"} <= set(durations)
+    assert all(isinstance(value, (int, float)) and value >= 0 for value in durations.values())
+    [registration] = shown["registrations"]
+    resource = _sets(simulator, registration["resource"])
+    assert registration["state"] == "registered" and registration["resource_id"] == resource["id"]
+    held = resource["sets"][registration["set_version"]]["files"]
+    assert [f["sha256"] for f in held.values()] == [record["artifact"]["sha256"]]
+    assert record["artifact"]["size"] == resource["sets"][registration["set_version"]]["size"]
+
+
+def test_same_iso_changed_template_is_built_again_unchanged_is_a_duplicate(tmp_path, simulator, daemon_factory):
+    checkout = _checkout(tmp_path)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+
+    drop(iso, daemon.drop_dir)
+    first = daemon.wait_for_state(iso.name, "registered")
+    assert first["resource"] == NAME
+    shown_first = _show(daemon, first["id"])
+    _assert_full_provenance(shown_first, iso, simulator)
+    assert shown_first["provenance"]["artifact"]["sha256"] == _sha256(simulator.file_bytes(NAME))
+    template = shown_first["provenance"]["template"]
+    assert template["git_commit"] == _git(checkout, "rev-parse", "HEAD") and template["git_dirty"] is False
+    first_set = shown_first["registrations"][0]["set_version"]
+    first_bytes = simulator.file_bytes(NAME)
+
+    drop(iso, daemon.drop_dir, "again.iso")
+    duplicate = daemon.wait_for_state("again.iso", "duplicate")
+    assert duplicate["duplicate_of"] == first["id"]
+    assert "same template and kickstart" in duplicate["error"]
+    assert _show(daemon, duplicate["id"])["fingerprint"] == shown_first["fingerprint"]
+
+    _change_the_template(checkout)
+    drop(iso, daemon.drop_dir, "after the change.iso")
+    third = daemon.wait_for_state("after the change.iso", "registered")
+    assert third["id"] not in (first["id"], duplicate["id"]) and third["resource"] == NAME  # not tagged "other bytes"
+    shown_third = _show(daemon, third["id"])
+    _assert_full_provenance(shown_third, iso, simulator)
+    assert shown_third["fingerprint"] != shown_first["fingerprint"]
+    assert shown_third["provenance"]["template"]["git_dirty"] is True
+    assert shown_third["provenance"]["template"]["git_commit"] == template["git_commit"]
+    assert shown_third["provenance"]["artifact"]["sha256"] == _sha256(simulator.file_bytes(NAME))
+    assert simulator.file_bytes(NAME) != first_bytes
+
+    resource = _sets(simulator, NAME)  # a second set on the same resource, the first one intact
+    assert len(resource["sets"]) == 2 and first_set in resource["sets"]
+    assert [f["sha256"] for f in resource["sets"][first_set]["files"].values()] == [
+        shown_first["provenance"]["artifact"]["sha256"]]
+    assert _show(daemon, first["id"])["registrations"] == shown_first["registrations"]  # as it was
+    assert shown_third["registrations"][0]["resource_id"] == shown_first["registrations"][0]["resource_id"]
+    assert shown_third["registrations"][0]["set_version"] != first_set
+
+    for name in (iso.name, "again.iso", "after the change.iso"):  # every dropped file kept, in done/
+        assert (daemon.drop_dir / "done" / name).is_file()
+    text = daemon.cli("show", str(third["id"]))
+    assert text.returncode == 0 and shown_third["fingerprint"] in text.stdout and "packer:" in text.stdout
+    assert f"esxi-watcher show {third['id']}" in " ".join(n["message"] for n in simulator.notifications())
+
+
+def test_rebuild_refused_while_unchanged_accepted_after_a_change(tmp_path, simulator, daemon_factory):
+    checkout = _checkout(tmp_path)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    drop(iso, daemon.drop_dir)
+    first = daemon.wait_for_state(iso.name, "registered")
+
+    refused = daemon.cli("rebuild", str(first["id"]))
+    assert refused.returncode == 2 and "nothing to rebuild" in refused.stderr
+    assert "current template and kickstart" in refused.stderr and len(daemon.jobs()) == 1
+
+    _change_the_template(checkout)
+    accepted = daemon.cli("rebuild", str(first["id"]))
+    assert accepted.returncode == 0, accepted.stderr
+    new_id = int(accepted.stdout.split()[1])
+    rebuilt = _wait_for_job(daemon, new_id, "registered")
+    assert rebuilt["resource"] == NAME and rebuilt["iso_path"] == str(daemon.drop_dir / "done" / iso.name)
+    assert (daemon.drop_dir / "done" / iso.name).is_file()
+    shown = _show(daemon, new_id)
+    _assert_full_provenance(shown, iso, simulator)
+    assert shown["provenance"]["rebuild_of"] == first["id"]
+    assert shown["fingerprint"] != _show(daemon, first["id"])["fingerprint"]
+    assert len(_sets(simulator, NAME)["sets"]) == 2
+    assert _job(daemon, first["id"])["state"] == "registered"
+
+    again = daemon.cli("rebuild", str(first["id"]))  # job 2 holds today's recipe already
+    assert again.returncode == 2 and "nothing to rebuild" in again.stderr
+    assert daemon.cli("rebuild", str(new_id)).returncode == 2
+
+    os.rename(daemon.drop_dir / "done" / iso.name, tmp_path / "taken away.iso")
+    (checkout / "vmware-esxi" / "README").write_text("another change\n")
+    gone = daemon.cli("rebuild", str(first["id"]))
+    assert gone.returncode == 2 and "is gone" in gone.stderr and len(daemon.jobs()) == 2
+    assert daemon.cli("rebuild", "999").returncode == 2
+
+
+def test_a_duplicate_or_unfinished_job_is_not_rebuilt(tmp_path, simulator, daemon_factory):
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator))
+    drop(iso, daemon.drop_dir)
+    daemon.wait_for_state(iso.name, "registered")
+    drop(iso, daemon.drop_dir, "copy.iso")
+    duplicate = daemon.wait_for_state("copy.iso", "duplicate")
+    result = daemon.cli("rebuild", str(duplicate["id"]))
+    assert result.returncode == 2 and "only a registered job" in result.stderr
+    shown = daemon.cli("show", str(duplicate["id"]))
+    assert shown.returncode == 0 and "same template and kickstart" in shown.stdout
+
+
+def test_template_source_when_the_service_user_does_not_own_the_checkout(tmp_path):
+    checkout = _checkout(tmp_path)
+    head = _git(checkout, "rev-parse", "HEAD")
+    assert provenance.template_source(checkout / "vmware-esxi") == {"git_commit": head, "git_dirty": False}
+    subprocess.run(["chown", "-R", "nobody", str(checkout)], check=True)  # "dubious ownership" for root
+    assert provenance.template_source(checkout / "vmware-esxi") == {"git_commit": head, "git_dirty": False}
+    (checkout / "vmware-esxi" / "KS.CFG").write_text("rootpw changed\n")
+    assert provenance.template_source(checkout / "vmware-esxi") == {"git_commit": head, "git_dirty": True}
+
+
+def test_a_change_elsewhere_in_the_checkout_is_not_the_template_s(tmp_path):
+    checkout = _checkout(tmp_path)
+    (checkout / "ubuntu").mkdir()
+    (checkout / "ubuntu" / "notes").write_text("another template's work\n")
+    assert provenance.template_source(checkout / "vmware-esxi")["git_dirty"] is False
+    with open(checkout / "scripts" / "shape-disk", "a") as script:
+        script.write("# local tweak\n")
+    assert provenance.template_source(checkout / "vmware-esxi")["git_dirty"] is True
+
+
+def test_template_source_without_a_checkout_or_without_git(tmp_path, monkeypatch):
+    plain = _checkout(tmp_path, git=False)
+    assert provenance.template_source(plain / "vmware-esxi") == {"git_commit": None, "git_dirty": None}
+    (tmp_path / "other").mkdir()
+    checkout = _checkout(tmp_path / "other")
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert provenance.template_source(checkout / "vmware-esxi") == {"git_commit": None, "git_dirty": None}
+    assert provenance.packer_version() is None
+    monkeypatch.undo()
+    assert provenance.packer_version() == "1.6.6"

@@ -36,6 +36,9 @@ def rebuild_job(store: JobStore, job: Job, config: Config) -> Job:
                                                                else "") +
                              ": only a registered job, or one that failed to register, can be rebuilt")
     path, identity = find_same_iso(job, config.drop_dir)
+    if path.parent == config.drop_dir:  # the daemon takes it in (or moves it) on its own: no second job
+        raise NotRebuildable(f"the ISO of job {job.id} is in the drop dir ({path}), not in {config.drop_dir / DONE}: "
+                             f"the daemon takes it in as a new drop")
     try:
         fingerprint = provenance.fingerprint_for(config)
     except OSError as error:

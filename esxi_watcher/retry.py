@@ -12,7 +12,7 @@ from pathlib import Path
 
 from esxi_watcher import checksums
 from esxi_watcher.errors import NotRetryable
-from esxi_watcher.outcomes import FAILED as FAILED_FOLDER, REASON_SUFFIX, identity_at, locate
+from esxi_watcher.outcomes import DONE as DONE_FOLDER, FAILED as FAILED_FOLDER, REASON_SUFFIX, identity_at, locate
 from esxi_watcher.store import Job, JobStore, State, Step, Target
 
 
@@ -81,8 +81,8 @@ def find_iso(job: Job, drop_dir: Path) -> Path:
 
 def _back_to_drop_dir(path: Path, drop_dir: Path) -> Path:
     """Rename the ISO (and its checksum files) back into the drop dir: same inode, so the job still
-    knows it."""
-    if path.parent == drop_dir:
+    knows it. An ISO in done/ (a rebuild's: a registered job uses it too) is built where it is."""
+    if path.parent in (drop_dir, drop_dir / DONE_FOLDER):
         return path
     target = drop_dir / path.name
     if os.path.lexists(target):

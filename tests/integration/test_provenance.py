@@ -224,3 +224,61 @@ def test_template_source_without_a_checkout_or_without_git(tmp_path, monkeypatch
     assert provenance.packer_version() is None
     monkeypatch.undo()
     assert provenance.packer_version() == "1.6.6"
+
+
+def test_a_failed_rebuild_is_retried_with_its_iso_left_in_done(tmp_path, simulator, daemon_factory):
+    checkout = _checkout(tmp_path)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    drop(iso, daemon.drop_dir)
+    first = daemon.wait_for_state(iso.name, "registered")
+    in_done = daemon.drop_dir / "done" / iso.name
+    script = checkout / "scripts" / "shape-disk"
+    working = script.read_text()
+    script.write_text(working.replace("set -eu\n", 'set -eu\necho "shape-disk: broken by an edit" >&2; exit 3\n'))
+    accepted = daemon.cli("rebuild", str(first["id"]))
+    assert accepted.returncode == 0, accepted.stderr
+    new_id = int(accepted.stdout.split()[1])
+    failed = _wait_for_job(daemon, new_id, "failed")
+    assert "broken by an edit" in failed["error"] and in_done.is_file()
+    assert not (daemon.drop_dir / "failed" / iso.name).exists()
+
+    script.write_text(working + "# fixed\n")
+    retried = daemon.cli("retry", str(new_id))
+    assert retried.returncode == 0, retried.stderr
+    registered = _wait_for_job(daemon, new_id, "registered")
+    assert registered["iso_path"] == str(in_done) == _job(daemon, first["id"])["iso_path"] and in_done.is_file()
+    assert not any(path.name.endswith(".iso") for path in daemon.drop_dir.iterdir())
+    assert not [e for e in daemon.log_events() if e.get("event") == "iso.moved" and e.get("job") == new_id]
+    shown = _show(daemon, new_id)
+    assert shown["fingerprint"] == provenance.recipe_fingerprint(
+        _build_config(checkout), salt=(daemon.state_dir / provenance.SALT_FILE).read_bytes())
+    assert len(_sets(simulator, NAME)["sets"]) == 2
+
+
+def test_a_rebuild_refuses_an_iso_that_changed_in_place(tmp_path, simulator, daemon_factory):
+    checkout = _checkout(tmp_path)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    drop(iso, daemon.drop_dir)
+    first = daemon.wait_for_state(iso.name, "registered")
+    _change_the_template(checkout)
+    in_done = daemon.drop_dir / "done" / iso.name
+    shutil.copyfile(make_esxi_iso(tmp_path / "src" / "other.iso", salt=b"other bytes"), in_done)
+    result = daemon.cli("rebuild", str(first["id"]))
+    assert result.returncode == 2 and "changed since job" in result.stderr and len(daemon.jobs()) == 1
+    shutil.copyfile(iso, in_done)  # the same bytes put back (a new inode): fine
+    result = daemon.cli("rebuild", str(first["id"]))
+    assert result.returncode == 0, result.stderr
+    _wait_for_job(daemon, int(result.stdout.split()[1]), "registered")
+
+
+def _build_config(checkout: Path):
+    from esxi_watcher.config import BuildConfig
+
+    return BuildConfig(template_dir=checkout / "vmware-esxi", command=None, artifact="vmware-esxi.dd.gz",
+                       console_log="serial.log", timeout=60, retries=0)

@@ -282,3 +282,26 @@ def _build_config(checkout: Path):
 
     return BuildConfig(template_dir=checkout / "vmware-esxi", command=None, artifact="vmware-esxi.dd.gz",
                        console_log="serial.log", timeout=60, retries=0)
+
+
+def test_a_failed_build_dropped_again_after_a_template_fix_is_the_same_job_built_again(tmp_path, simulator,
+                                                                                     daemon_factory):
+    checkout = _checkout(tmp_path)
+    script = checkout / "scripts" / "shape-disk"
+    working = script.read_text()
+    script.write_text(working.replace("set -eu\n", 'set -eu\necho "shape-disk: template bug" >&2; exit 3\n'))
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    drop(iso, daemon.drop_dir)
+    failed = daemon.wait_for_state(iso.name, "failed")
+    broken = _show(daemon, failed["id"])["fingerprint"]
+
+    script.write_text(working)  # the admin fixed the template, and moves the ISO back
+    os.rename(daemon.drop_dir / "failed" / iso.name, daemon.drop_dir / iso.name)
+    again = daemon.wait_for_state(iso.name, "registered")
+    assert again["id"] == failed["id"] and len(daemon.jobs()) == 1
+    shown = _show(daemon, again["id"])
+    assert shown["fingerprint"] != broken and shown["provenance"]["template"]["fingerprint"] == shown["fingerprint"]
+    assert not (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").exists()

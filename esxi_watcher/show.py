@@ -48,7 +48,7 @@ def show_text(job: Job, registrations: Iterable[Registration]) -> str:
         ("packer", record.get("packer_version")),
     ]
     rows += [("command", command_line(argv)) for argv in record.get("commands") or []]
-    rows += [(f"took {stage}", _seconds(seconds)) for stage, seconds in (record.get("durations") or {}).items()]
+    rows += [(_stage_label(stage), _seconds(seconds)) for stage, seconds in (record.get("durations") or {}).items()]
     rows += [("image", job.artifact), ("image size", _bytes(artifact.get("size"))),
              ("image sha256", artifact.get("sha256"))]
     if job.duplicate_of is not None or job.error:
@@ -74,10 +74,20 @@ def _target_rows(record: Registration) -> list[tuple[str, str | None]]:
     return rows
 
 
+def _stage_label(stage: str) -> str:
+    """Given a key of the durations, return how people read it: 'register:site-b' -> 'registering on site-b'."""
+    known = {"queued": "waited in line", "build": "build took"}
+    if stage in known:
+        return known[stage]
+    step, colon, target = stage.partition(":")
+    return f"{step}ing on {target} took" if colon and step == "register" else f"{stage} took"
+
+
 def _esxi(facts: dict) -> str | None:
     if not facts.get("version"):
         return None
-    text = f"{facts.get('release') or facts['version']} build {facts.get('build')}"
+    release = f"{facts['major']}.{facts['minor']}{facts.get('update') or ''}" if "major" in facts else facts["version"]
+    text = f"ESXi {release} build {facts.get('build')} (version {facts['version']})"
     return text + (f", {facts['vendor']} image" if facts.get("vendor") else "")
 
 

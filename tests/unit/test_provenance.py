@@ -166,7 +166,7 @@ def _job(**values) -> Job:
 
 def test_show_prints_every_field_and_a_removal():
     record = {"iso": {"name": "esxi.iso", "sha256": "a" * 64, "size": 10},
-              "esxi": {"version": "8.0.2", "release": "8.0U2", "build": 22380479},
+              "esxi": {"version": "8.0.2", "major": 8, "minor": 0, "update": "U2", "build": 22380479},
               "template": {"path": "/srv/packer-maas/vmware-esxi", "git_commit": "c" * 40, "git_dirty": True,
                            "fingerprint": "f" * 64},
               "kickstart": {"file": None, "root_password": "template default"}, "packer_version": "1.6.6",
@@ -178,8 +178,8 @@ def test_show_prints_every_field_and_a_removal():
                                 removed=0.0, removal="retention: keep 2")
     text = show_text(_job(provenance=record), [registration])
     for expected in ("a" * 64, "c" * 40 + " with local changes", "f" * 64, "1.6.6", "'vmware_esxi_iso_path=/drop/a b.iso'",
-                     "took build:", "3.2 s", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
-                     "removed", "retention: keep 2", "template default", "8.0U2 build 22380479"):
+                     "build took:", "3.2 s", "registering on default took:", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
+                     "removed", "retention: keep 2", "template default", "ESXi 8.0U2 build 22380479 (version 8.0.2)"):
         assert expected in text, expected
     data = show_dict(_job(provenance=record), [registration])
     assert data["provenance"] == record and data["fingerprint"] == "f" * 64

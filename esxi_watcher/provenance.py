@@ -43,6 +43,7 @@ PACKER_TIMEOUT = 30.0
 # scrypt: 16 MiB and some 50 ms per derivation, so that a guess at the password costs as much.
 _SCRYPT = {"n": 1 << 14, "r": 8, "p": 1, "maxmem": 64 << 20, "dklen": 32}
 _CHUNK = 1 << 20
+_PASSWORD_MAX = 4096  # bytes of the password file read: a password, not a file's worth
 _PACKER_VERSION = re.compile(r"v?(\d+\.\d+\.\d+[\w.+-]*)")
 
 _cache_lock = threading.Lock()
@@ -128,16 +129,22 @@ def _stat_key(status: os.stat_result) -> tuple:
 
 
 def file_sha256(path: Path, status: os.stat_result | None = None) -> str:
-    """Given a regular file, return its content's sha256, from the cache while its stat is the same."""
+    """Given a regular file, return its content's sha256, from the cache while its stat is the same.
+    Anything else (a FIFO, a device: reading them could block or never end) is named, not read."""
     try:
         status = status or os.stat(path)
+        if not stat.S_ISREG(status.st_mode):
+            return "not a regular file"
         key = _stat_key(status)
         with _cache_lock:
             cached = _file_digests.get(str(path))
         if cached and cached[0] == key:
             return cached[1]
         digest = hashlib.sha256()
-        with open(path, "rb", buffering=0) as file:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # swapped for a FIFO: no wait
+        with open(descriptor, "rb", buffering=0) as file:
+            if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+                return "not a regular file"
             for chunk in iter(lambda: file.read(_CHUNK), b""):
                 digest.update(chunk)
     except OSError as error:
@@ -159,11 +166,15 @@ def _password_part(password_file: Path | None, salt: bytes) -> str:
         return "template default"
     try:
         status = os.stat(password_file)
+        if not stat.S_ISREG(status.st_mode):
+            return "not a regular file"
         cache_key = (str(password_file), _stat_key(status), salt)
         with _cache_lock:
             if cache_key in _password_digests:
                 return _password_digests[cache_key]
-        password = Path(password_file).read_bytes().rstrip(b"\r\n")
+        descriptor = os.open(password_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(descriptor, "rb", buffering=0) as file:
+            password = file.read(_PASSWORD_MAX + 1).rstrip(b"\r\n")
     except OSError as error:
         return f"unreadable:{error.strerror}"
     derived = hashlib.scrypt(password, salt=b"esxi-watcher root password\0" + salt, **_SCRYPT).hex()

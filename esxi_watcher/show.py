@@ -56,7 +56,14 @@ def show_text(job: Job, registrations: Iterable[Registration]) -> str:
     for registration in registrations:
         rows += _target_rows(registration)
     width = max(len(label) for label, value in rows if value is not None)
-    return "\n".join(f"{label + ':':<{width + 1}} {value}" for label, value in rows if value is not None)
+    return "\n".join(f"{printable(label) + ':':<{width + 1}} {printable(value)}"
+                     for label, value in rows if value is not None)
+
+
+def printable(text: str) -> str:
+    """Given text from the store (file names come from whoever dropped them), return it with control
+    characters escaped, so that nothing in it moves the cursor or recolours the terminal."""
+    return "".join(character if character.isprintable() else repr(character)[1:-1] for character in str(text))
 
 
 def _target_rows(record: Registration) -> list[tuple[str, str | None]]:

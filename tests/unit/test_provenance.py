@@ -189,3 +189,18 @@ def test_show_prints_every_field_and_a_removal():
 def test_show_copes_with_a_job_from_before_provenance():
     text = show_text(_job(provenance=None, fingerprint=None), [])
     assert "esxi.iso" in text and "a" * 64 in text and "None" not in text
+
+
+def test_a_fifo_or_device_as_kickstart_or_password_is_named_not_read(checkout, tmp_path):
+    fifo = tmp_path / "ks.fifo"
+    os.mkfifo(fifo)
+    fingerprint = provenance.recipe_fingerprint(_config(checkout, kickstart=fifo, root_password_file=fifo))
+    assert fingerprint == provenance.recipe_fingerprint(_config(checkout, kickstart=Path("/dev/zero"),
+                                                                root_password_file=Path("/dev/zero")))
+    os.mkfifo(checkout / "vmware-esxi" / "a-fifo")
+    assert len(provenance.recipe_fingerprint(_config(checkout))) == 64
+
+
+def test_show_escapes_what_a_file_name_could_do_to_a_terminal():
+    text = show_text(_job(iso="evil\x1b[2J\nname.iso", provenance={"iso": {"name": "evil\x1b[2J\nname.iso"}}), [])
+    assert "\x1b" not in text and "evil\\x1b[2J\\nname.iso" in text

@@ -204,3 +204,10 @@ def test_a_fifo_or_device_as_kickstart_or_password_is_named_not_read(checkout, t
 def test_show_escapes_what_a_file_name_could_do_to_a_terminal():
     text = show_text(_job(iso="evil\x1b[2J\nname.iso", provenance={"iso": {"name": "evil\x1b[2J\nname.iso"}}), [])
     assert "\x1b" not in text and "evil\\x1b[2J\\nname.iso" in text
+
+
+def test_the_same_files_elsewhere_are_the_same_recipe(checkout, tmp_path):
+    """Moving or re-cloning the checkout (new paths, inodes and times) is no reason to build again."""
+    moved = tmp_path / "elsewhere" / "packer-maas"
+    shutil.copytree(checkout, moved, symlinks=True)
+    assert provenance.recipe_fingerprint(_config(moved)) == provenance.recipe_fingerprint(_config(checkout))

@@ -86,8 +86,10 @@ def _stage_label(stage: str) -> str:
     known = {"queued": "waited in line", "build": "build took"}
     if stage in known:
         return known[stage]
-    step, colon, target = stage.partition(":")
-    return f"{step}ing on {target} took" if colon and step == "register" else f"{stage} took"
+    step, colon, detail = stage.partition(":")
+    if colon and step == "register":
+        return f"registering on {detail} took"
+    return f"  {detail}" if colon and step == "build" else f"{stage} took"
 
 
 def _esxi(facts: dict) -> str | None:

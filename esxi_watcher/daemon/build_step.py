@@ -71,11 +71,10 @@ def build_job(context: Context, job: Job, slot: Slot) -> None:
     store.update(job.id, state=State.BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
     log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(context.workdir(job.id)))
     _record_recipe(context, job)
-    commands: list[list[str]] = []
-    started = time.monotonic()
+    trace = _Trace()
     with slot.lease() as lease:
-        artifact, failure, monitor = _run(context, job, lease, commands)
-    _record_build(context, job.id, commands, time.monotonic() - started, artifact)
+        artifact, failure, monitor = _run(context, job, lease, trace)
+    _record_build(context, job.id, trace, artifact)
     if failure is not None:
         _build_failed(context, store.get(job.id), failure, monitor.explain(str(failure)), slot)
         return
@@ -107,25 +106,51 @@ def _record_recipe(context: Context, job: Job) -> None:
                  now=provenance.short(fingerprint))
 
 
-def _record_build(context: Context, job_id: int, commands: list[list[str]], seconds: float,
-                  artifact: Path | None) -> None:
-    """Record the commands as run, how long the build took, and the image's size and sha256."""
-    update: dict = {"commands": commands, "durations": {"build": round(seconds, 3)}}
+class _Trace:
+    """What a build did, for its provenance: the commands as run and when each stage began."""
+
+    def __init__(self) -> None:
+        self.commands: list[list[str]] = []
+        self.stages: list[tuple[str, float]] = [("starting", time.monotonic())]
+        self.lock = threading.Lock()
+
+    def command(self, argv: list[str]) -> None:
+        self.commands.append([redact(str(arg)) for arg in argv])
+
+    def stage(self, stage: str) -> None:
+        with self.lock:
+            self.stages.append((stage, time.monotonic()))
+
+    def durations(self) -> dict[str, float]:
+        """The whole build's seconds ("build") and each stage's ("build:<stage>")."""
+        now = time.monotonic()
+        with self.lock:
+            stages = list(self.stages)
+        durations = {"build": round(now - stages[0][1], 3)}
+        for (stage, began), (_, ended) in zip(stages, stages[1:] + [("", now)]):
+            durations[f"build:{stage}"] = round(durations.get(f"build:{stage}", 0) + ended - began, 3)
+        return durations
+
+
+def _record_build(context: Context, job_id: int, trace: _Trace, artifact: Path | None) -> None:
+    """Record the commands as run, how long the build and each of its stages took, and the image's
+    size and sha256."""
+    update: dict = {"commands": trace.commands, "durations": trace.durations()}
     if artifact is not None:
         update["artifact"] = {"size": artifact.stat().st_size, "sha256": build.artifact_sha256(artifact)}
     context.store.change_provenance(job_id, lambda record: provenance.merged(record, update))
 
 
 def _run(context: Context, job: Job, lease: Lease,
-         commands: list[list[str]]) -> tuple[Path | None, BuildFailed | None, BuildMonitor]:
+         trace: _Trace) -> tuple[Path | None, BuildFailed | None, BuildMonitor]:
     """Run the build, showing its stage; return (artifact, None) or (None, why it failed). The
-    commands it ran are added to `commands`."""
+    trace gets the commands it ran and its stages."""
     config, store = context.config, context.store
     workdir = context.workdir(job.id)
     started = time.monotonic()
     lease.show(f"building {_stem(job.iso)} (0 min, starting)")
     clean_host(context)
-    monitor = _monitor(context, job, workdir, started, lease)
+    monitor = _monitor(context, job, workdir, started, lease, trace)
     console = _ConsolePoller(monitor)
     try:
         artifact = build.run_build(
@@ -134,7 +159,7 @@ def _run(context: Context, job: Job, lease: Lease,
             iso=Path(job.iso_path), workdir=workdir, log_path=config.logs_dir / f"{job.id}.log",
             timeout=config.build.timeout, on_line=monitor.packer_line,
             on_start=lambda pid: store.update(job.id, pgid=pid), stop_event=context.stop_event,
-            on_command=lambda argv: commands.append([redact(str(arg)) for arg in argv]))
+            on_command=trace.command)
     except BuildFailed as error:
         return None, error, monitor
     finally:
@@ -162,7 +187,7 @@ class _ConsolePoller:
         self._thread.join()
 
 
-def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: Lease) -> BuildMonitor:
+def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: Lease, trace: _Trace) -> BuildMonitor:
     """Follow the build's stage into the status line (through the build's lease) and the store."""
     shown = {"stage": None}
     lock = threading.Lock()
@@ -174,6 +199,7 @@ def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: L
             if stage == shown["stage"]:
                 return
             shown["stage"] = stage
+        trace.stage(stage)
         context.store.update(job.id, stage=stage)
         log.info("job.stage", job=job.id, stage=stage)
 

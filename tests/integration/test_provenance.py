@@ -79,7 +79,9 @@ def _assert_full_provenance(shown: dict, iso: Path, simulator) -> None:
     assert record["commands"] and record["commands"][0][:2] == ["packer", "build"]
     assert record["kickstart"] == {"file": None, "root_password": "template default"}
     durations = record["durations"]
-    assert {"queued", "build", "register:default"} <= set(durations)
+    assert {"queued", "build", "register:default", "build:post-processing"} <= set(durations)
+    assert sum(value for key, value in durations.items() if key.startswith("build:")) == pytest.approx(
+        durations["build"], abs=0.01)
     assert all(isinstance(value, (int, float)) and value >= 0 for value in durations.values())
     [registration] = shown["registrations"]
     resource = _sets(simulator, registration["resource"])

@@ -171,14 +171,14 @@ def test_show_prints_every_field_and_a_removal():
                            "fingerprint": "f" * 64},
               "kickstart": {"file": None, "root_password": "template default"}, "packer_version": "1.6.6",
               "commands": [["packer", "build", "-var", "vmware_esxi_iso_path=/drop/a b.iso", "vmware-esxi.json"]],
-              "durations": {"queued": 0.5, "build": 3.25, "register:default": 1.0},
+              "durations": {"queued": 0.5, "build": 3.25, "build:installing": 150.0, "register:default": 1.0},
               "artifact": {"size": 99, "sha256": "d" * 64}}
     registration = Registration(job=7, target="default", state=Target.REMOVED, resource="esxi/8.0.2-22380479",
                                 created=0.0, updated=0.0, resource_id=3, set_version="20261202.1",
                                 removed=0.0, removal="retention: keep 2")
     text = show_text(_job(provenance=record), [registration])
     for expected in ("a" * 64, "c" * 40 + " with local changes", "f" * 64, "1.6.6", "'vmware_esxi_iso_path=/drop/a b.iso'",
-                     "build took:", "3.2 s", "registering on default took:", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
+                     "build took:", "3.2 s", "registering on default took:", "  installing:", "2.5 min", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
                      "removed", "retention: keep 2", "template default", "ESXi 8.0U2 build 22380479 (version 8.0.2)"):
         assert expected in text, expected
     data = show_dict(_job(provenance=record), [registration])

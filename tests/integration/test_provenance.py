@@ -307,3 +307,26 @@ def test_a_failed_build_dropped_again_after_a_template_fix_is_the_same_job_built
     shown = _show(daemon, again["id"])
     assert shown["fingerprint"] != broken and shown["provenance"]["template"]["fingerprint"] == shown["fingerprint"]
     assert not (daemon.drop_dir / "failed" / f"{iso.name}.reason.txt").exists()
+
+
+def test_show_gives_each_target_its_resource_set_and_registration_time(tmp_path, simulator, daemon_factory):
+    from tests.integration.test_targets import _two_targets
+    from tests.maas_simulator import MaasSimulator
+
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    with MaasSimulator(tmp_path / "maas-b", mode="3.5") as site_b:
+        daemon = daemon_factory(_two_targets(tmp_path / "site", simulator, site_b))
+        drop(iso, daemon.drop_dir)
+        job = daemon.wait_for_state(iso.name, "registered")
+        shown = _show(daemon, job["id"])
+        assert {"register:site-a", "register:site-b"} <= set(shown["provenance"]["durations"])
+        by_target = {record["target"]: record for record in shown["registrations"]}
+        for name, maas in (("site-a", simulator), ("site-b", site_b)):
+            [resource] = [r for r in maas.resources() if r["name"] == NAME]
+            assert by_target[name]["resource_id"] == resource["id"]
+            assert list(resource["sets"]) == [by_target[name]["set_version"]]
+            held = resource["sets"][by_target[name]["set_version"]]["files"]
+            assert [f["sha256"] for f in held.values()] == [shown["provenance"]["artifact"]["sha256"]]
+        text = daemon.cli("show", str(job["id"])).stdout
+        assert "maas site-a:" in text and "maas site-b:" in text and "registering on site-b took:" in text

@@ -89,7 +89,7 @@ def prepare_workdir(template_dir: Path, workdir: Path, *,
     roots = tuple(original for original, _ in pairs)
 
     def leftover(name: str) -> bool:
-        return name.startswith("output-") or name in (artifact_name, "packer_cache")
+        return is_build_leftover(name, artifact_name)
 
     workdir.mkdir(parents=True, exist_ok=True)
     try:
@@ -102,6 +102,12 @@ def prepare_workdir(template_dir: Path, workdir: Path, *,
                           f"{error}") from error
     log.info("build.workdir_prepared", template=str(source), workdir=str(workdir))
     return pairs[0][1]
+
+
+def is_build_leftover(name: str, artifact_name: str = DEFAULT_ARTIFACT) -> bool:
+    """Given a name in the template folder, return whether it is what a build run there left (not
+    copied into a work dir, nor part of the recipe's fingerprint)."""
+    return name.startswith("output-") or name in (artifact_name, "packer_cache")
 
 
 def _copy_tree(source: Path, target: Path, roots: tuple[Path, ...],

@@ -13,7 +13,8 @@ The provenance record (keys may be missing on old jobs; readers use .get()):
   {"iso": {"name", "sha256", "size"}, "esxi": {...facts...},
    "template": {"path", "git_commit", "git_dirty", "fingerprint"},
    "kickstart": {"file", "root_password": "from <file>" | "template default"},
-   "packer_version", "commands": [[argv...]], "durations": {"queued", "build", "register:<target>"},
+   "packer_version", "commands": [[argv...]],
+   "durations": {"queued", "build", "build:<stage>", "register:<target>"} (seconds),
    "artifact": {"size", "sha256"}, "rebuild_of": job id}
 """
 
@@ -30,12 +31,12 @@ from typing import Any
 
 import structlog
 
+from esxi_watcher.build import DEFAULT_ARTIFACT, SCRIPTS_FOLDER, is_build_leftover
 from esxi_watcher.process import run_quick
 
 log = structlog.get_logger(__name__)
 
 FINGERPRINT_VERSION = b"esxi-watcher recipe 1\n"
-SCRIPTS_FOLDER = "scripts"  # as build.SCRIPTS_FOLDER (build imports host; this module stays light)
 SALT_FILE = "recipe-salt"  # in the state dir: the root password's derivation needs it, the store lacks it
 SHORT = 12  # hex digits of a fingerprint or commit that people are shown
 GIT_TIMEOUT = 10.0
@@ -64,13 +65,13 @@ def recipe_fingerprint(build_config: Any, *, salt: bytes = b"") -> str:
     (the build then says what is wrong), so two recipes differ exactly when what they read differs.
     """
     digest = hashlib.sha256(FINGERPRINT_VERSION)
-    artifact = getattr(build_config, "artifact", "vmware-esxi.dd.gz")
+    artifact = getattr(build_config, "artifact", DEFAULT_ARTIFACT)
     template, scripts = recipe_folders(build_config.template_dir)
     if template is None:
         digest.update(b"template missing\n")
     else:
         digest.update(b"template\n")
-        _walk(digest, template, "", lambda name: name.startswith("output-") or name in (artifact, "packer_cache"))
+        _walk(digest, template, "", lambda name: is_build_leftover(name, artifact))
     if scripts is not None:
         digest.update(b"scripts\n")
         _walk(digest, scripts, "", None)

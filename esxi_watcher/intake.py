@@ -188,6 +188,9 @@ class Intake:
             if failed is not None and failed.fingerprint != fingerprint and \
                     self.store.live_job_for(sha256, fingerprint) is None:
                 return self._build_again(failed, values)  # no image of it to keep: built with today's recipe
+            unknown = self.store.live_job_for(sha256, None)  # built before recipes were recorded
+            if unknown is not None and unknown.state is not State.FAILED:
+                return self._same_content(path, values, unknown)  # `rebuild` builds it again on request
         try:
             job = self.store.add(state=State.QUEUED, **values)
         except JobConflict as conflict:
@@ -287,10 +290,12 @@ def duplicate_reason(sha256: str, existing: Job) -> str:
     """Given an ISO's sha256 and the live job already built (or being built) from it with the same
     recipe, return why it is not built again."""
     reason = f"same content (sha256 {sha256[:12]}…) as {existing.iso!r}, job {existing.id} ({existing.state})"
-    if existing.fingerprint:
-        reason += (f", built with the same template and kickstart (fingerprint "
-                   f"{provenance.short(existing.fingerprint)}…)")
-    return reason + ": not built twice; after a change of the template or kickstart it is built again"
+    if not existing.fingerprint:
+        return (reason + ", built before esxi-watcher recorded build recipes: not built twice; "
+                f"`esxi-watcher rebuild {existing.id}` builds it again with today's template and kickstart")
+    return (reason + f", built with the same template and kickstart (fingerprint "
+            f"{provenance.short(existing.fingerprint)}…): not built twice; after a change of the template or "
+            "kickstart it is built again")
 
 
 def checksum_mismatch(expected: list[checksums.Expected], digests: dict[str, str]) -> str | None:

@@ -330,3 +330,32 @@ def test_show_gives_each_target_its_resource_set_and_registration_time(tmp_path,
             assert [f["sha256"] for f in held.values()] == [shown["provenance"]["artifact"]["sha256"]]
         text = daemon.cli("show", str(job["id"])).stdout
         assert "maas site-a:" in text and "maas site-b:" in text and "registering on site-b took:" in text
+
+
+def test_an_image_built_before_recipes_were_recorded_is_not_built_again_by_itself(tmp_path, simulator,
+                                                                                  daemon_factory):
+    import sqlite3
+
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    config = write_config(tmp_path / "site", simulator)
+    daemon = daemon_factory(config)
+    drop(iso, daemon.drop_dir)
+    first = daemon.wait_for_state(iso.name, "registered")
+    daemon.stop()
+    with sqlite3.connect(daemon.state_dir / "jobs.sqlite3") as connection:  # as an older version left it
+        connection.execute("UPDATE jobs SET fingerprint = NULL, provenance = NULL")
+    connection.close()
+
+    upgraded = daemon_factory(config)
+    drop(iso, upgraded.drop_dir, "again.iso")
+    duplicate = upgraded.wait_for_state("again.iso", "duplicate")
+    assert duplicate["duplicate_of"] == first["id"]
+    assert f"`esxi-watcher rebuild {first['id']}`" in duplicate["error"]
+    assert "fingerprint" not in _show(upgraded, first["id"])["provenance"].get("template", {})
+    assert upgraded.cli("show", str(first["id"])).returncode == 0
+
+    accepted = upgraded.cli("rebuild", str(first["id"]))
+    assert accepted.returncode == 0, accepted.stderr
+    rebuilt = _wait_for_job(upgraded, int(accepted.stdout.split()[1]), "registered")
+    assert rebuilt["resource"] == NAME

@@ -177,8 +177,9 @@ def test_show_prints_every_field_and_a_removal():
                                 created=0.0, updated=0.0, resource_id=3, set_version="20261202.1",
                                 removed=0.0, removal="retention: keep 2")
     text = show_text(_job(provenance=record), [registration])
-    for expected in ("a" * 64, "c" * 40 + " with local changes", "f" * 64, "1.6.6", "'vmware_esxi_iso_path=/drop/a b.iso'",
-                     "build took:", "3.2 s", "registering on default took:", "  installing:", "2.5 min", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
+    for expected in ("a" * 64, "c" * 40 + " with local changes", "f" * 64, "1.6.6",
+                     "'vmware_esxi_iso_path=/drop/a b.iso'", "build took:", "3.2 s", "registering on default took:",
+                     "  installing:", "2.5 min", "d" * 64, "99 bytes", "esxi/8.0.2-22380479 (id 3, set 20261202.1)",
                      "removed", "retention: keep 2", "template default", "ESXi 8.0U2 build 22380479 (version 8.0.2)"):
         assert expected in text, expected
     data = show_dict(_job(provenance=record), [registration])

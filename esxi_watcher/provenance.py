@@ -27,12 +27,15 @@ import secrets
 import stat
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from esxi_watcher.build import DEFAULT_ARTIFACT, SCRIPTS_FOLDER, is_build_leftover
+from esxi_watcher.build import SCRIPTS_FOLDER, is_build_leftover
 from esxi_watcher.process import run_quick
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig, Config
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +60,7 @@ def short(value: str | None) -> str | None:
     return value[:SHORT] if value else value
 
 
-def recipe_fingerprint(build_config: Any, *, salt: bytes = b"") -> str:
+def recipe_fingerprint(build_config: BuildConfig, *, salt: bytes = b"") -> str:
     """Given the build configuration, return the sha256 (hex) of the build recipe: the template's
     files, the sibling scripts, the kickstart and the root password (see the module docstring).
 
@@ -65,7 +68,7 @@ def recipe_fingerprint(build_config: Any, *, salt: bytes = b"") -> str:
     (the build then says what is wrong), so two recipes differ exactly when what they read differs.
     """
     digest = hashlib.sha256(FINGERPRINT_VERSION)
-    artifact = getattr(build_config, "artifact", DEFAULT_ARTIFACT)
+    artifact = build_config.artifact
     template, scripts = recipe_folders(build_config.template_dir)
     if template is None:
         digest.update(b"template missing\n")
@@ -202,7 +205,7 @@ def installation_salt(state_dir: Path) -> bytes:
     return value
 
 
-def fingerprint_for(config: Any) -> str:
+def fingerprint_for(config: Config) -> str:
     """Given the whole configuration, return today's recipe fingerprint (salted for this state dir)."""
     return recipe_fingerprint(config.build, salt=installation_salt(config.state_dir))
 
@@ -261,7 +264,7 @@ def packer_version(environment: dict[str, str] | None = None) -> str | None:
 
 # ----- the record -----
 
-def kickstart_record(build_config: Any) -> dict[str, Any]:
+def kickstart_record(build_config: BuildConfig) -> dict[str, Any]:
     """Given the build configuration, return how the provenance names the kickstart settings (the
     password file's name, never its content)."""
     password_file = build_config.root_password_file
@@ -269,7 +272,7 @@ def kickstart_record(build_config: Any) -> dict[str, Any]:
             "root_password": f"from {password_file}" if password_file else "template default"}
 
 
-def queued_record(*, iso: str, sha256: str, size: int | None, facts: dict, build_config: Any,
+def queued_record(*, iso: str, sha256: str, size: int | None, facts: dict, build_config: BuildConfig,
                   fingerprint: str, rebuild_of: int | None = None) -> dict[str, Any]:
     """Given what intake learnt of an ISO and the recipe it is queued with, return its first record."""
     record = {"iso": {"name": iso, "sha256": sha256, "size": size}, "esxi": facts,

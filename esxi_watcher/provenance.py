@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from esxi_watcher.build import SCRIPTS_FOLDER, is_build_leftover
+from esxi_watcher.build import DEFAULT_ARTIFACT, SCRIPTS_FOLDER, is_build_leftover
 from esxi_watcher.process import run_quick
 
 if TYPE_CHECKING:
@@ -227,16 +227,17 @@ def git_argv(folder: Path, top: Path, *arguments: str) -> list[str]:
     return ["git", "-c", f"safe.directory={top}", "-c", "core.fsmonitor=false", "-C", str(folder), *arguments]
 
 
-def template_source(template_dir: Path) -> dict[str, Any]:
+def template_source(template_dir: Path, artifact_name: str = DEFAULT_ARTIFACT) -> dict[str, Any]:
     """Given the template folder, return {"git_commit", "git_dirty"}: the checkout's HEAD and whether
-    the template or its scripts differ from it; both None when it is not in a git checkout or git
-    cannot tell (not installed, a broken checkout)."""
+    the template or its scripts differ from it (a build's leftovers aside, as in the fingerprint);
+    both None when it is not in a git checkout or git cannot tell (not installed, a broken checkout)."""
     unknown = {"git_commit": None, "git_dirty": None}
     template, scripts = recipe_folders(template_dir)
     top = checkout_top(template) if template else None
     if top is None:
         return unknown
     folders = ["."] + ([os.path.relpath(scripts, template)] if scripts else [])
+    folders += [f":(exclude){name}" for name in ("output-*", "packer_cache", artifact_name)]
     try:
         head = run_quick(git_argv(template, top, "rev-parse", "--verify", "--quiet", "HEAD"), timeout=GIT_TIMEOUT)
         changes = run_quick(git_argv(template, top, "status", "--porcelain", "--untracked-files=normal", "--",

@@ -94,7 +94,7 @@ def _record_recipe(context: Context, job: Job) -> None:
     update = {
         "iso": {"name": job.iso, "sha256": job.sha256, "size": job.size}, "esxi": job.facts,
         "template": {"path": str(config.build.template_dir), "fingerprint": fingerprint,
-                     **provenance.template_source(config.build.template_dir)},
+                     **provenance.template_source(config.build.template_dir, config.build.artifact)},
         "kickstart": provenance.kickstart_record(config.build),
         "packer_version": provenance.packer_version(config.build.environment or None),
         "durations": {"queued": round(time.time() - job.created, 3)},

@@ -209,6 +209,10 @@ def test_a_change_elsewhere_in_the_checkout_is_not_the_template_s(tmp_path):
     (checkout / "ubuntu").mkdir()
     (checkout / "ubuntu" / "notes").write_text("another template's work\n")
     assert provenance.template_source(checkout / "vmware-esxi")["git_dirty"] is False
+    (checkout / "vmware-esxi" / "output-qemu").mkdir()  # a build run in the checkout itself
+    (checkout / "vmware-esxi" / "output-qemu" / "packer-qemu").write_text("disk")
+    (checkout / "vmware-esxi" / "vmware-esxi.dd.gz").write_bytes(b"\x1f\x8b")
+    assert provenance.template_source(checkout / "vmware-esxi")["git_dirty"] is False
     with open(checkout / "scripts" / "shape-disk", "a") as script:
         script.write("# local tweak\n")
     assert provenance.template_source(checkout / "vmware-esxi")["git_dirty"] is True

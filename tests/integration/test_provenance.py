@@ -363,3 +363,44 @@ def test_an_image_built_before_recipes_were_recorded_is_not_built_again_by_itsel
     assert accepted.returncode == 0, accepted.stderr
     rebuilt = _wait_for_job(upgraded, int(accepted.stdout.split()[1]), "registered")
     assert rebuilt["resource"] == NAME
+
+
+def test_a_changed_kickstart_or_root_password_builds_again_and_the_password_shows_nowhere(tmp_path, simulator,
+                                                                                         daemon_factory):
+    secret = "Zq7-very-secret-Pa55word!"
+    kickstart = tmp_path / "ks.cfg"
+    kickstart.write_text("vmaccepteula\ninstall --firstdisk --overwritevmfs\n")
+    password_file = tmp_path / "root-password"
+    password_file.write_text(secret + "\n")
+    password_file.chmod(0o600)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__kickstart=str(kickstart),
+                                         build__root_password_file=str(password_file)))
+    drop(iso, daemon.drop_dir)
+    first = _show(daemon, daemon.wait_for_state(iso.name, "registered")["id"])
+    assert first["provenance"]["kickstart"] == {"file": str(kickstart), "root_password": f"from {password_file}"}
+
+    drop(iso, daemon.drop_dir, "same.iso")
+    assert daemon.wait_for_state("same.iso", "duplicate")["duplicate_of"] == first["id"]
+
+    kickstart.write_text("vmaccepteula\ninstall --firstdisk --overwritevmfs\nreboot\n")
+    drop(iso, daemon.drop_dir, "new kickstart.iso")
+    second = _show(daemon, daemon.wait_for_state("new kickstart.iso", "registered")["id"])
+
+    password_file.write_text("Another-Pa55word-42!\n")
+    drop(iso, daemon.drop_dir, "new password.iso")
+    third = _show(daemon, daemon.wait_for_state("new password.iso", "registered")["id"])
+    assert len({first["fingerprint"], second["fingerprint"], third["fingerprint"]}) == 3
+
+    salt = (daemon.state_dir / provenance.SALT_FILE)
+    assert salt.stat().st_mode & 0o777 == 0o600
+    everything = [daemon.cli("show", str(job["id"])).stdout + daemon.cli("show", str(job["id"]), "--json").stdout
+                  for job in daemon.jobs()]
+    everything += [daemon.log_path.read_text(errors="replace"), daemon.cli("status", "--json").stdout]
+    everything += [path.read_bytes().decode("latin-1") for path in daemon.state_dir.glob("jobs.sqlite3*")]
+    everything += [json.dumps(n) for n in simulator.notifications()]
+    fast = [hashlib.sha256(secret.encode()).hexdigest(), hashlib.sha256((secret + "\n").encode()).hexdigest()]
+    for text in everything:
+        assert secret not in text and "Another-Pa55word" not in text
+        assert not any(digest in text or digest[:12] in text for digest in fast)

@@ -191,6 +191,9 @@ class Intake:
             unknown = self.store.live_job_for(sha256, None)  # built before recipes were recorded
             if unknown is not None and unknown.state is not State.FAILED:
                 return self._same_content(path, values, unknown)  # `rebuild` builds it again on request
+            for queued in self.store.jobs((State.QUEUED,)):  # its build takes today's recipe anyway
+                if queued.sha256 == sha256 and queued.fingerprint != fingerprint and not still_in_place(queued):
+                    return self._same_content(path, values, queued)
         try:
             job = self.store.add(state=State.QUEUED, **values)
         except JobConflict as conflict:

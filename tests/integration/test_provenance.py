@@ -404,3 +404,22 @@ def test_a_changed_kickstart_or_root_password_builds_again_and_the_password_show
     for text in everything:
         assert secret not in text and "Another-Pa55word" not in text
         assert not any(digest in text or digest[:12] in text for digest in fast)
+
+
+def test_a_queued_file_copied_over_after_a_template_change_keeps_its_job(tmp_path, simulator, daemon_factory):
+    from tests.integration.test_faults import HANGING, wait_until_hanging
+
+    checkout = _checkout(tmp_path, git=False)
+    (tmp_path / "src").mkdir()
+    busy, waiting = (make_esxi_iso(tmp_path / "src" / f"{name}.iso", salt=name.encode()) for name in ("busy", "waiting"))
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__command=HANGING,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    drop(busy, daemon.drop_dir)
+    wait_until_hanging(daemon, daemon.wait_for_state(busy.name, "building")["id"])
+    queued = daemon.wait_for_state(drop(waiting, daemon.drop_dir).name, "queued")
+    _change_the_template(checkout)
+    subprocess.run(["cp", "--", str(waiting), str(daemon.drop_dir / waiting.name)], check=True)  # same bytes again
+    wait_for(lambda: any(e.get("event") == "job.file_moved" and e.get("job") == queued["id"]
+                         for e in daemon.log_events()), 30, "the queued job to follow its file")
+    assert [job["id"] for job in daemon.jobs() if job["sha256"] == queued["sha256"]] == [queued["id"]]
+    assert _job(daemon, queued["id"])["state"] == "queued"

@@ -411,7 +411,8 @@ def test_a_queued_file_copied_over_after_a_template_change_keeps_its_job(tmp_pat
 
     checkout = _checkout(tmp_path, git=False)
     (tmp_path / "src").mkdir()
-    busy, waiting = (make_esxi_iso(tmp_path / "src" / f"{name}.iso", salt=name.encode()) for name in ("busy", "waiting"))
+    busy, waiting = (make_esxi_iso(tmp_path / "src" / f"{name}.iso", salt=name.encode())
+                     for name in ("busy", "waiting"))
     daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__command=HANGING,
                                          build__template_dir=str(checkout / "vmware-esxi")))
     drop(busy, daemon.drop_dir)

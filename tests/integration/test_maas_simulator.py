@@ -262,6 +262,26 @@ def test_delete_answers_204_and_the_resource_is_gone(maas):
     assert [r["name"] for r in maas.resources()] == ["ubuntu/noble"]
 
 
+def test_whoami_tells_an_admin_from_a_user_who_may_not_create_boot_resources(tmp_path):
+    async def scenario(simulator):
+        session = await connect(simulator)
+        me = await session.Users.whoami()
+        try:
+            await create(session, ESXI, image("w"))
+        except CallError as error:
+            return me, error.status, error.content.decode()
+        return me, 201, ""
+
+    with MaasSimulator(tmp_path / "admin") as admin:
+        me, status, _ = run(scenario(admin))
+    assert me["is_superuser"] is True and status == 201
+    with MaasSimulator(tmp_path / "user", admin=False) as user:
+        me, status, text = run(scenario(user))
+        assert [r["name"] for r in user.resources()] == ["ubuntu/noble"]
+    assert me["is_superuser"] is False and me["username"] == "operator"
+    assert (status, text) == (403, "This method is reserved for admin users.")
+
+
 # -- names, versions, keep_old ------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, status, message",

@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop a finished job from the store and its kept image "
                                                  "(its ISO stays)")
     forget.add_argument("job", type=int)
-    commands.add_parser("doctor", help="check the configuration, template, packer, KVM and MAAS")
+    doctor = commands.add_parser("doctor", help="check the host, the template, packer, KVM and each MAAS target "
+                                                "(exit 1 on any FAIL)")
+    doctor.add_argument("--json", action="store_true", help="a list of {name, status, detail, fix}")
     commands.add_parser("config-example", help="print an example configuration with every key")
     return parser
 
@@ -177,10 +179,15 @@ def _forget(config: Config, arguments: argparse.Namespace) -> int:
 
 
 def _doctor(config: Config, arguments: argparse.Namespace) -> int:
-    from esxi_watcher.doctor import run_checks
+    from esxi_watcher.doctor import exit_code, run_checks
+    from esxi_watcher.logs import configure_command_logging
 
-    problems = 0
-    for ok, line in run_checks(config):
-        print(("ok    " if ok else "FAIL  ") + line)
-        problems += not ok
-    return 1 if problems else 0
+    configure_command_logging()
+    checks = []
+    for check in run_checks(config):
+        checks.append(check)
+        if not arguments.json:
+            print(check.line(), flush=True)
+    if arguments.json:
+        print(json.dumps([check.to_dict() for check in checks], indent=2))
+    return exit_code(checks)

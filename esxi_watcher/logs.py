@@ -102,3 +102,14 @@ def configure_logging(format: str = "console", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
     root.setLevel(max(numeric_level, logging.INFO))
+
+
+def configure_command_logging() -> None:
+    """For a command whose stdout is its answer (doctor --json): only errors are logged, to stderr."""
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, _mask_secrets, structlog.processors.KeyValueRenderer(
+            key_order=["level", "event"], drop_missing=True)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -102,7 +102,18 @@ def parse_environment(value: Any) -> dict[str, str]:
             raise ValueError(f"{name!r} is not an environment variable name")
         if not isinstance(text, str):
             raise ValueError(f"the value of {name} must be a string (quote numbers)")
+        if name in reserved_environment():
+            raise ValueError(f"{name} is set by esxi-watcher itself for every build and cannot be "
+                             f"changed here")
     return dict(value)
+
+
+def reserved_environment() -> set[str]:
+    """The build variables esxi-watcher sets itself: the job marker, BUILD_ENVIRONMENT, the locale."""
+    from esxi_watcher.build import BUILD_ENVIRONMENT
+    from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
+
+    return {JOB_ENVIRONMENT_VARIABLE, *BUILD_ENVIRONMENT, "LANG", "LC_ALL"}
 
 
 def parse_text(value: Any) -> str:

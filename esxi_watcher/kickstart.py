@@ -4,7 +4,7 @@ packer-maas's images carry its default root password (`password123!`) in three p
 template generation: the kickstart's `rootpw` line (`KS.CFG` since 2021, `http/vmware-esxi-ks.cfg`
 before), the same kickstart's `--esxi-password='...'` argument of the first-boot vCenter
 registration, and the `--esxi-password` default of that registration script (`maas/vcenter` since
-2022, `vcenter` in the template folder before). The configured password goes into all three.
+2021, `vcenter` in the template folder before). The configured password goes into all three.
 
 A crypt hash (`rootpw --iscrypted`) cannot log in to vCenter as root: with a hash, the two vCenter
 places are emptied (with a warning) rather than left with the well-known default, and the build goes

@@ -92,7 +92,7 @@ def _run(context: Context, job: Job, lease: Lease) -> tuple[Path | None, BuildFa
             job_id=context.marker(job.id), template_dir=config.build.template_dir,
             command=config.build.command, artifact_name=config.build.artifact,
             iso=Path(job.iso_path), workdir=workdir, log_path=config.logs_dir / f"{job.id}.log",
-            timeout=config.build.timeout, on_line=monitor.packer_line,
+            timeout=config.build.timeout, build_config=config.build, on_line=monitor.packer_line,
             on_start=lambda pid: store.update(job.id, pgid=pid), stop_event=context.stop_event)
     except BuildFailed as error:
         return None, error, monitor

@@ -60,6 +60,7 @@ def run_checks(config: Config) -> Iterator[Check]:
     """Given the configuration, yield every check's verdict, host first, then each MAAS target."""
     yield from _folders(config)
     yield from _template(config)
+    yield from _root_password(config)
     yield from _makefile_packages(config)
     yield from _packer(config)
     yield from _plugins(config)
@@ -143,6 +144,22 @@ def _template(config: Config) -> Iterator[Check]:
         found = shutil.which(program)
         yield (Check(f"program {program}", PASS, found) if found else
                Check(f"program {program}", FAIL, "not found on PATH", f"apt-get install {program}"))
+
+
+def _root_password(config: Config) -> Iterator[Check]:
+    from esxi_watcher.kickstart import root_password_problem
+
+    password_file = config.build.root_password_file
+    if password_file is None:
+        yield Check("root password", WARN, "build.root_password_file is not set: images get the template's "
+                                           "default root password",
+                    "write a password to a root-only file (chmod 600) and set build.root_password_file")
+        return
+    problem = root_password_problem(config.build)
+    if problem:
+        yield Check("root password", FAIL, problem, f"fix {password_file} (mode 0600, a password ESXi accepts)")
+    else:
+        yield Check("root password", PASS, f"{password_file} holds a password ESXi accepts")
 
 
 def _makefile_packages(config: Config) -> Iterator[Check]:

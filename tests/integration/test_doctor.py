@@ -316,3 +316,15 @@ def test_a_proxy_that_refuses_connections_fails(tmp_path, simulator):
         listening.listen()
         config = site(tmp_path, simulator, build__environment={"https_proxy": f"127.0.0.1:{listening.getsockname()[1]}"})
         assert verdicts(config)["proxy https_proxy"]["status"] == "PASS"
+
+
+def test_a_root_password_file_others_can_read_fails_and_none_warns(tmp_path, simulator):
+    password = tmp_path / "root-password"
+    password.write_text("Esxi-Watcher-42!\n")
+    password.chmod(0o644)
+    checks = verdicts(site(tmp_path, simulator, build__root_password_file=str(password)))
+    assert checks["root password"]["status"] == "FAIL"
+    assert str(password) in checks["root password"]["detail"]
+    password.chmod(0o600)
+    assert verdicts(site(tmp_path, simulator, build__root_password_file=str(password)))["root password"]["status"] == "PASS"
+    assert verdicts(site(tmp_path, simulator))["root password"]["status"] == "WARN"

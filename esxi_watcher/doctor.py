@@ -23,6 +23,7 @@ from esxi_watcher import template_needs as needs
 from esxi_watcher.config import Config, TargetConfig
 from esxi_watcher.errors import EsxiWatcherError
 from esxi_watcher.intake import human_size
+from esxi_watcher.logs import redact
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 # The Debian package's group for the drop dir and the mode postinst gives it (setgid, group-writable).
@@ -416,6 +417,7 @@ def _environment(config: Config) -> Iterator[Check]:
 
 def _proxy(variable: str, value: str) -> Check:
     address = urlsplit(value if "://" in value else f"http://{value}")
+    value = _without_credentials(value)
     host, port = address.hostname, address.port or (443 if address.scheme == "https" else 80)
     shown = f"{host}:{port}"
     if not host:
@@ -444,16 +446,35 @@ def _connect(host: str, port: int) -> str | None:
 
 
 def _find_links(value: str, wanted: list[tuple[str, str | None]]) -> Check:
-    folder = Path(value[len("file://"):] if value.startswith("file://") else value)
-    if "://" in value and not value.startswith("file://"):
-        return Check("pip wheels", WARN, f"PIP_FIND_LINKS {value} is a URL: not checked", "")
-    if not folder.is_dir():
-        return Check("pip wheels", FAIL, f"PIP_FIND_LINKS {folder} is not a folder", _wheels_fix(folder))
-    missing = needs.missing_distributions(folder, wanted)
+    """PIP_FIND_LINKS: one or more folders (or file:// URLs, or http ones we cannot list), space-separated."""
+    entries = value.split()
+    folders = [Path(entry[len("file://"):] if entry.startswith("file://") else entry)
+               for entry in entries if "://" not in entry or entry.startswith("file://")]
+    urls = [_without_credentials(entry) for entry in entries if "://" in entry and not entry.startswith("file://")]
+    if not folders:
+        return Check("pip wheels", WARN, f"PIP_FIND_LINKS {' '.join(urls)}: a URL, not checked",
+                     "a local folder can be checked: " + _wheels_fix())
+    absent = [str(folder) for folder in folders if not folder.is_dir()]
+    if absent:
+        return Check("pip wheels", FAIL, f"PIP_FIND_LINKS {', '.join(absent)}: not a folder", _wheels_fix(folders[0]))
+    missing = set.intersection(*(set(needs.missing_distributions(folder, wanted)) for folder in folders))
+    shown = " ".join(str(folder) for folder in folders)
+    if missing and not urls:
+        listed = ", ".join(sorted(missing, key=str.lower))
+        return Check("pip wheels", FAIL, f"PIP_FIND_LINKS {shown} lacks {listed} of the template's requirements.txt",
+                     _wheels_fix(folders[0]))
     if missing:
-        return Check("pip wheels", FAIL, f"PIP_FIND_LINKS {folder} lacks {', '.join(missing)} of the template's "
-                                         f"requirements.txt", _wheels_fix(folder))
-    return Check("pip wheels", PASS, f"PIP_FIND_LINKS {folder} holds all {len(wanted)} requirements")
+        return Check("pip wheels", WARN, f"PIP_FIND_LINKS {shown} lacks {', '.join(sorted(missing))}; "
+                                         f"{' '.join(urls)} not checked", _wheels_fix(folders[0]))
+    return Check("pip wheels", PASS, f"PIP_FIND_LINKS {shown} holds all {len(wanted)} requirements")
+
+
+def _without_credentials(url: str) -> str:
+    """Given a URL, return it without a user:password@ part (index and proxy URLs may carry one)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 def _wheels_fix(folder: Path | None = None) -> str:
@@ -464,13 +485,14 @@ def _wheels_fix(folder: Path | None = None) -> str:
 
 
 def _pip_index(url: str, covered: bool) -> Check:
-    reason = _http_answer(url)
+    shown = _without_credentials(url)
+    reason = _http_answer(shown)  # whether it answers at all: a 401 without the credentials counts
     if reason is None:
-        return Check("pip index", PASS, f"PIP_INDEX_URL {url} answers")
+        return Check("pip index", PASS, f"PIP_INDEX_URL {shown} answers")
     if covered:
-        return Check("pip index", WARN, f"PIP_INDEX_URL {url}: {reason}; pip retries it for each requirement "
+        return Check("pip index", WARN, f"PIP_INDEX_URL {shown}: {reason}; pip retries it for each requirement "
                                         f"before taking PIP_FIND_LINKS", "set PIP_NO_INDEX: '1' in build.environment")
-    return Check("pip index", FAIL, f"PIP_INDEX_URL {url}: {reason}: `pip install -r requirements.txt` will fail",
+    return Check("pip index", FAIL, f"PIP_INDEX_URL {shown}: {reason}: `pip install -r requirements.txt` will fail",
                  _wheels_fix())
 
 
@@ -483,7 +505,7 @@ def _http_answer(url: str) -> str | None:
         return None if error.code < 500 else f"HTTP {error.code}"
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", error)
-        return getattr(reason, "strerror", None) or str(reason)
+        return redact(getattr(reason, "strerror", None) or str(reason))
 
 
 def _pypi_reachable() -> Check:

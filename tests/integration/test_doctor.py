@@ -328,3 +328,30 @@ def test_a_root_password_file_others_can_read_fails_and_none_warns(tmp_path, sim
     password.chmod(0o600)
     assert verdicts(site(tmp_path, simulator, build__root_password_file=str(password)))["root password"]["status"] == "PASS"
     assert verdicts(site(tmp_path, simulator))["root password"]["status"] == "WARN"
+
+
+def test_credentials_in_an_index_or_proxy_url_are_never_shown(tmp_path, simulator):
+    port = closed_port()
+    secret = "s3cret-index-password"
+    template = pip_template(tmp_path, "tiny==1.0\n")
+    config = site(tmp_path, simulator, build__template_dir=str(template), build__environment={
+        "PIP_INDEX_URL": f"http://builder:{secret}@127.0.0.1:{port}/simple/",
+        "https_proxy": f"http://builder:{secret}@127.0.0.1:{port}"})
+    result = doctor(config)
+    assert secret not in result.stdout + result.stderr
+    assert f"FAIL  pip index: PIP_INDEX_URL http://127.0.0.1:{port}/simple/: Connection refused" in result.stdout
+    assert f"FAIL  proxy https_proxy: 127.0.0.1:{port}: Connection refused" in result.stdout
+    json_result = doctor(config, "--json")
+    assert secret not in json_result.stdout
+
+
+def test_several_wheel_folders_are_read_together(tmp_path, simulator):
+    first, second = tmp_path / "wheels-a", tmp_path / "wheels-b"
+    first.mkdir()
+    second.mkdir()
+    (first / "ipaddr-2.2.0.tar.gz").write_bytes(b"")
+    (second / "requests-2.32.4-py3-none-any.whl").write_bytes(b"")
+    template = pip_template(tmp_path, "ipaddr==2.2.0\nrequests==2.32.4\n")
+    config = site(tmp_path, simulator, build__template_dir=str(template),
+                  build__environment={"PIP_FIND_LINKS": f"{first} file://{second}", "PIP_NO_INDEX": "1"})
+    assert verdicts(config)["pip wheels"]["status"] == "PASS"

@@ -50,11 +50,13 @@ class Check:
 
     def line(self) -> str:
         """Return the check as one line of text: status, name, detail and the fix."""
-        text = f"{self.status:<6}{self.name}: {self.detail}"
-        return text + (f" (fix: {self.fix})" if self.fix and self.status != PASS else "")
+        fields = self.to_dict()
+        text = f"{self.status:<6}{fields['name']}: {fields['detail']}"
+        return text + (f" (fix: {fields['fix']})" if self.fix and self.status != PASS else "")
 
     def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+        """Return the fields, each one line with secrets masked (details may quote what a server said)."""
+        return {key: " ".join(redact(value).split()) for key, value in asdict(self).items()}
 
 
 def run_checks(config: Config) -> Iterator[Check]:
@@ -177,8 +179,7 @@ def _makefile_packages(config: Config) -> Iterator[Check]:
         return
     note = ""
     if release < 22:
-        note = (f" (release {release} < 22: the Makefile checks its Ubuntu 20.04 list; on Debian set "
-                f"build.command to skip check-deps)")
+        note = f" (`lsb_release -sr` is {release}, below 22: the Makefile checks its Ubuntu 20.04 list)"
     yield Check("Makefile packages", FAIL, f"`make` checks `dpkg -s {' '.join(packages)}`; missing: "
                                            f"{' '.join(missing)}{note}", f"apt-get install {' '.join(missing)}")
 

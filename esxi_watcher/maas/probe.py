@@ -5,10 +5,11 @@ with the boot-entities permission, which admins have)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 
 from esxi_watcher.errors import EsxiWatcherError, MaasUnavailable
-from esxi_watcher.maas.client import Client, Endpoint
+from esxi_watcher.maas.client import Client, Endpoint, preview
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,9 @@ async def _probe(endpoint: Endpoint) -> Probe:
         version = await client.version()
     except EsxiWatcherError as error:
         return Probe(unreachable=str(error))
+    if not re.match(r"\d+\.\d+", version):  # a proxy's page or another service answering 200
+        return Probe(unreachable=f"the answer to reading its version is not MAAS's ({preview(version)}): is "
+                                 f"maas.url the MAAS region API (http://HOST:5240/MAAS/)?")
     try:
         user = await client.whoami()
     except MaasUnavailable as error:

@@ -355,3 +355,16 @@ def test_several_wheel_folders_are_read_together(tmp_path, simulator):
     config = site(tmp_path, simulator, build__template_dir=str(template),
                   build__environment={"PIP_FIND_LINKS": f"{first} file://{second}", "PIP_NO_INDEX": "1"})
     assert verdicts(config)["pip wheels"]["status"] == "PASS"
+
+
+def test_a_proxy_page_in_place_of_maas_fails_on_one_line_without_the_key(tmp_path, simulator):
+    config = site(tmp_path, simulator)
+    simulator.inject("echo", count=5, status=200, body="<html>\n<b>Log in</b>\n</html>", path="/version/")
+    result = doctor(config)
+    assert result.returncode == 1
+    [line] = [line for line in result.stdout.splitlines() if "maas[default] reachable" in line]
+    assert line.startswith("FAIL  maas[default] reachable: ")
+    assert "the answer to reading its version is not MAAS's" in line
+    for part in simulator.api_key.split(":"):
+        assert part not in result.stdout
+    assert all(line[:6] in ("PASS  ", "WARN  ", "FAIL  ") for line in result.stdout.splitlines())

@@ -173,6 +173,10 @@ def _makefile_packages(config: Config) -> Iterator[Check]:
     packages = needs.makefile_packages(config.build.template_dir, release)
     if not packages:
         return
+    if shutil.which("dpkg-query") is None:
+        yield Check("Makefile packages", WARN, f"`make` checks `dpkg -s {' '.join(packages)}`, and this host has "
+                                               f"no dpkg: that check will fail", "set build.command")
+        return
     missing = [package for package in packages if not _dpkg_installed(package)]
     if not missing:
         yield Check("Makefile packages", PASS, f"installed: {' '.join(packages)}")

@@ -61,19 +61,20 @@ class Check:
 
 def run_checks(config: Config) -> Iterator[Check]:
     """Given the configuration, yield every check's verdict, host first, then each MAAS target."""
-    yield from _folders(config)
-    yield from _template(config)
-    yield from _root_password(config)
-    yield from _makefile_packages(config)
-    yield from _packer(config)
-    yield from _plugins(config)
-    yield from _kvm(config)
-    yield from _fuse(config)
-    yield from _memory(config)
-    yield from _disk(config)
-    yield from _environment(config)
+    for check in (_folders, _template, _root_password, _makefile_packages, _packer, _plugins, _kvm, _fuse,
+                  _memory, _disk, _environment):
+        yield from _guarded(check.__name__.strip("_"), check, config)
     for target in config.targets:
-        yield from _maas(target)
+        yield from _guarded(f"maas[{target.name}]", _maas, target)
+
+
+def _guarded(name: str, check, argument) -> Iterator[Check]:
+    """Run one check; a check that breaks on something unforeseen says so and the others still run."""
+    try:
+        yield from check(argument)
+    except Exception as error:  # noqa: BLE001 - doctor reports on a host that may hold anything
+        yield Check(name, FAIL, f"could not be checked: {type(error).__name__}: {error}",
+                    "report this as a bug of esxi-watcher, with this line")
 
 
 def exit_code(checks: list[Check]) -> int:
@@ -132,7 +133,7 @@ def _template(config: Config) -> Iterator[Check]:
 
     template = config.build.template_dir
     if not template.is_dir():
-        yield Check("template", FAIL, f"{template} does not exist",
+        yield Check("template", FAIL, f"{template} is not a folder",
                     "git clone https://github.com/canonical/packer-maas and set build.template_dir to its "
                     "vmware-esxi folder")
         return
@@ -421,12 +422,16 @@ def _environment(config: Config) -> Iterator[Check]:
 
 
 def _proxy(variable: str, value: str) -> Check:
-    address = urlsplit(value if "://" in value else f"http://{value}")
-    value = _without_credentials(value)
-    host, port = address.hostname, address.port or (443 if address.scheme == "https" else 80)
-    shown = f"{host}:{port}"
+    try:
+        address = urlsplit(value if "://" in value else f"http://{value}")
+        host, port = address.hostname, address.port or (443 if address.scheme == "https" else 80)
+    except ValueError as error:
+        return Check(f"proxy {variable}", FAIL, f"not a URL ({error})", f"set build.environment {variable} to "
+                                                                         f"http://HOST:PORT")
     if not host:
-        return Check(f"proxy {variable}", FAIL, f"{value!r} names no host", "set it to http://HOST:PORT")
+        return Check(f"proxy {variable}", FAIL, "names no host", f"set build.environment {variable} to "
+                                                                 f"http://HOST:PORT")
+    shown = f"{host}:{port}"
     reason = _connect(host, port)
     if reason:
         return Check(f"proxy {variable}", FAIL, f"{shown}: {reason}", f"start the proxy or fix build.environment {variable}")
@@ -476,7 +481,10 @@ def _find_links(value: str, wanted: list[tuple[str, str | None]]) -> Check:
 
 def _without_credentials(url: str) -> str:
     """Given a URL, return it without a user:password@ part (index and proxy URLs may carry one)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(not a URL)"
     if "@" not in parts.netloc:
         return url
     return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()

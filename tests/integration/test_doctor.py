@@ -368,3 +368,15 @@ def test_a_proxy_page_in_place_of_maas_fails_on_one_line_without_the_key(tmp_pat
     for part in simulator.api_key.split(":"):
         assert part not in result.stdout
     assert all(line[:6] in ("PASS  ", "WARN  ", "FAIL  ") for line in result.stdout.splitlines())
+
+
+def test_nonsense_in_the_config_gets_a_verdict_each_and_every_other_check_still_runs(tmp_path, simulator):
+    not_a_folder = tmp_path / "template-file"
+    not_a_folder.write_text("not a template\n")
+    config = site(tmp_path, simulator, build__template_dir=str(not_a_folder), build__environment={
+        "https_proxy": "http://[::1", "PIP_INDEX_URL": "http://[::1"})
+    result = doctor(config)
+    assert result.returncode == 1 and result.stderr == ""
+    assert f"FAIL  template: {not_a_folder} is not a folder" in result.stdout
+    assert "FAIL  proxy https_proxy: not a URL (Invalid IPv6 URL)" in result.stdout
+    assert "PASS  maas[default] may create boot resources" in result.stdout

@@ -227,3 +227,18 @@ def installed_plugin_versions(folders: list[Path], plugin: Plugin) -> list[tuple
         if flat.is_file():
             found.append(((), flat))
     return found
+
+
+def mentions(template_dir: Path, word: str) -> bool:
+    """Given the template folder, return whether any of its files names `word` (e.g. a script it sources)."""
+    try:
+        files = [path for path in Path(template_dir).iterdir() if path.is_file()]
+    except OSError:
+        return False
+    for path in files:
+        try:
+            if path.stat().st_size < 1 << 20 and word in path.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue
+    return False

@@ -104,3 +104,18 @@ def test_without_the_recipe_the_build_fails_with_pip_s_network_error(
     assert "Connection refused" in job["error"]
     assert "No matching distribution found for esxi-watcher-tiny==1.0" in job["error"]
     assert not [resource for resource in simulator.resources() if resource["name"].startswith("esxi/")]
+
+
+def test_doctor_on_a_host_without_network_warns_that_the_build_will_need_it(tmp_path):
+    """doctor in a network namespace of its own (no route anywhere): a real offline host."""
+    config = write_config(tmp_path / "site", build__template_dir=str(PIP_TEMPLATE))
+    (tmp_path / "site" / "drop").mkdir()
+    (tmp_path / "site" / "state").mkdir()
+    result = subprocess.run(["unshare", "--net", sys.executable, "-m", "esxi_watcher", "--config", str(config),
+                             "doctor", "--json"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    checks = {check["name"]: check for check in json.loads(result.stdout)}
+    index = checks["pip index"]
+    assert index["status"] == "WARN"
+    assert index["detail"].startswith("pypi.org:443: ")
+    assert "will need the network" in index["detail"]
+    assert "pip download -r requirements.txt" in index["fix"]

@@ -110,6 +110,13 @@ def test_a_drop_dir_only_its_owner_can_write_warns_with_the_chgrp_and_chmod_fix(
     assert result.returncode == 0, result.stdout  # a WARN does not fail
 
 
+def test_a_drop_dir_anyone_can_write_warns(tmp_path, simulator):
+    config = site(tmp_path, simulator)
+    (tmp_path / "site" / "drop").chmod(0o777)
+    access = verdicts(config)["drop dir access"]
+    assert access["status"] == "WARN" and "anyone on the host may drop files" in access["detail"]
+
+
 def test_a_missing_state_dir_fails(tmp_path, simulator):
     config = site(tmp_path, simulator, state_dir=str(tmp_path / "nowhere"))
     checks = verdicts(config)
@@ -131,6 +138,10 @@ def test_a_state_dir_too_small_for_a_build_fails_the_disk_check(tmp_path, simula
     iso = tmp_path / "site" / "drop" / "waiting.iso"
     with open(iso, "wb") as stream:
         stream.truncate(16 << 20)
+    elsewhere = tmp_path / "elsewhere.iso"
+    with open(elsewhere, "wb") as stream:
+        stream.truncate(1 << 30)
+    (tmp_path / "site" / "drop" / "link.iso").symlink_to(elsewhere)  # not followed out of the drop dir
     checks = verdicts(config)
     disk = checks["disk"]
     assert disk["status"] == "FAIL"

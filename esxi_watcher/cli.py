@@ -151,13 +151,13 @@ def _completion_words(config: Config, targets: bool) -> int:
     from esxi_watcher.store import JobStore
 
     words = [target.name for target in config.targets] if targets else []
-    if not targets and config.db_path.exists():
-        try:
+    try:
+        if not targets and config.db_path.exists():  # exists() raises for a user who may not look
             store = JobStore(config.db_path, timeout=COMPLETION_STORE_TIMEOUT)
             words = [str(job.id) for job in store.jobs_to_show(finished=STATUS_FINISHED_SHOWN)[0]]
             store.close()
-        except EsxiWatcherError:
-            pass
+    except (EsxiWatcherError, OSError):
+        pass
     sys.stdout.write("".join(f"{word}\n" for word in words))
     return 0
 

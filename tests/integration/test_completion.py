@@ -31,7 +31,8 @@ def shell_path(tmp_path) -> str:
     return f"{bin_dir}:{os.environ['PATH']}"
 
 
-def complete(shell_path: str, *words: str, cwd: Path = ROOT, with_bash_completion: bool = False) -> list[str]:
+def complete(shell_path: str, *words: str, cwd: Path = ROOT, with_bash_completion: bool = False,
+             home: Path | None = None) -> list[str]:
     """Given the words of a command line (the last one being completed, "" after a space), return
     what bash offers, as COMPREPLY holds it after our completion function ran."""
     prelude = f"source {BASH_COMPLETION}\n" if with_bash_completion else ""
@@ -40,7 +41,8 @@ def complete(shell_path: str, *words: str, cwd: Path = ROOT, with_bash_completio
                '"$(complete -p esxi-watcher | sed "s/.*-F \\([^ ]*\\) .*/\\1/")" esxi-watcher\n'
                'printf "%s\\n" "${COMPREPLY[@]}"\n')
     result = subprocess.run(["bash", "-c", program, str(SCRIPT), "esxi-watcher", *words], capture_output=True,
-                            text=True, cwd=cwd, env={**os.environ, "PATH": shell_path}, timeout=60)
+                            text=True, cwd=cwd, env={**os.environ, "PATH": shell_path, "HOME": str(home or Path.home())},
+                            timeout=60)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     return [line for line in result.stdout.splitlines() if line]
 
@@ -154,3 +156,12 @@ def test_the_job_ids_helper_is_silent_on_a_locked_store(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
+
+
+def test_a_config_path_typed_quoted_escaped_or_under_home_is_read(tmp_path, shell_path):
+    home = tmp_path / "home dir"
+    config = write_config(home / "my site")
+    ids = [str(i) for i in _store_with_jobs(home / "my site", 2)]
+    typed = [f'"{config}"', f"'{config}'", str(config).replace(" ", "\\ "), "~/my\\ site/config.yaml"]
+    for word in typed:
+        assert complete(shell_path, "--config", word, "logs", "", home=home) == ids, word

@@ -165,3 +165,15 @@ def test_a_config_path_typed_quoted_escaped_or_under_home_is_read(tmp_path, shel
     typed = [f'"{config}"', f"'{config}'", str(config).replace(" ", "\\ "), "~/my\\ site/config.yaml"]
     for word in typed:
         assert complete(shell_path, "--config", word, "logs", "", home=home) == ids, word
+
+
+def test_options_written_with_an_equals_sign(tmp_path, shell_path):
+    targets = [{"name": name, "url": f"http://{name}.example.com:5240/MAAS/",
+                "api_key_file": str(tmp_path / f"{name}.key")} for name in ("site-a", "lab")]
+    config = write_config(tmp_path / "site", maas=targets)
+    ids = [str(i) for i in _store_with_jobs(tmp_path / "site", 2)]
+    # bash hands `--config=FILE` over as three words: --config, =, FILE.
+    assert complete(shell_path, "--config", "=", str(config), "logs", "") == ids
+    assert complete(shell_path, "--config", "=", str(config), "retry", "--target", "=", "s") == ["site-a"]
+    assert complete(shell_path, "--config", "=", str(config), "retry", "--target", "=") == ["site-a", "lab"]
+    assert complete(shell_path, "--config", "=", str(config), "retry", "--target", "=", "lab", "") == ids

@@ -156,6 +156,9 @@ def apply_settings(template_copy: Path, build_config) -> list[str]:
     done: list[str] = []
     if build_config.kickstart is None and build_config.root_password_file is None:
         return done
+    password = None
+    if build_config.root_password_file is not None:
+        password = read_root_password(build_config.root_password_file)
     kickstart = template_kickstart(template_copy)
     if kickstart is None:
         setting = "build.kickstart" if build_config.kickstart else "build.root_password_file"
@@ -165,10 +168,27 @@ def apply_settings(template_copy: Path, build_config) -> list[str]:
     if build_config.kickstart is not None:
         _replace_kickstart(kickstart, Path(build_config.kickstart))
         done.append(f"kickstart {_relative(kickstart, template_copy)} replaced by {build_config.kickstart}")
-    if build_config.root_password_file is not None:
-        password = read_root_password(build_config.root_password_file)
+        if password is None:
+            _check_own_rootpw(kickstart, Path(build_config.kickstart))
+    if password is not None:
         done.extend(_put_password(template_copy, kickstart, password))
     return done
+
+
+def _check_own_rootpw(kickstart: Path, source: Path) -> None:
+    """Given build.kickstart (no password file), refuse a plain rootpw that ESXi would refuse; the
+    password it holds is registered as a secret."""
+    for line in _read(kickstart).splitlines():
+        words = line.split()
+        if not words or words[0] != "rootpw" or "--iscrypted" in words:
+            continue
+        plain = line.split(None, 1)[1].strip() if len(words) > 1 else ""
+        if plain:
+            add_secret(plain)
+        broken = rule_broken(plain) if plain else "is empty"
+        if broken:
+            raise BadKickstartSettings(f"the rootpw password in build.kickstart {source} {broken}: "
+                                       f"ESXi's installer would stop on it; nothing was built")
 
 
 def _replace_kickstart(kickstart: Path, replacement: Path) -> None:

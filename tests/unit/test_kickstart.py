@@ -310,3 +310,41 @@ def test_nothing_configured_changes_nothing(tmp_path):
 
     assert kickstart.apply_settings(folder, Settings()) == []
     assert (folder / "KS.CFG").read_text() == KICKSTART_TEXT
+
+
+def test_build_kickstarts_own_weak_rootpw_fails_before_the_build(tmp_path):
+    folder = generation(tmp_path, "2023")
+    ours = tmp_path / "ks.cfg"
+    ours.write_text("vmaccepteula\nrootpw abcdefgh\n")
+
+    with pytest.raises(BadKickstartSettings, match="rootpw password in build.kickstart .* uses 1 of the 4") as failure:
+        kickstart.apply_settings(folder, Settings(kickstart=ours))
+
+    assert "abcdefgh" not in str(failure.value)
+
+
+def test_build_kickstarts_own_hash_is_taken_as_it_is(tmp_path):
+    folder = generation(tmp_path, "2023")
+    ours = tmp_path / "ks.cfg"
+    ours.write_text(f"vmaccepteula\nrootpw --iscrypted {SHA512}\n")
+
+    kickstart.apply_settings(folder, Settings(kickstart=ours))
+
+    assert (folder / "KS.CFG").read_text() == ours.read_text()
+
+
+def test_a_weak_password_is_reported_before_a_missing_kickstart(tmp_path):
+    folder = tmp_path / "vmware-esxi"
+    folder.mkdir()
+
+    with pytest.raises(BadKickstartSettings, match="shorter than 7"):
+        kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, "aB3!")))
+
+
+def test_a_huge_password_file_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "root-password"
+    with open(path, "wb") as file:
+        file.truncate(2 << 20)
+    path.chmod(0o600)
+
+    assert "larger than" in kickstart.root_password_problem(Settings(root_password_file=path))

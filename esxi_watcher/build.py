@@ -34,6 +34,7 @@ import shutil
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -282,9 +283,10 @@ def _note_in_log(log_path: Path, notes: Sequence[str]) -> None:
     if not notes:
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     with open(log_path, "a", encoding="utf-8") as log_file:
         for note in notes:
-            log_file.write(f"=== {redact(note)}\n")
+            log_file.write(f"=== {stamp} {redact(note)}\n")
 
 
 def _run_step(argv: list[str], cwd: Path, log_path: Path, deadline: float,

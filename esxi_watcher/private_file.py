@@ -30,12 +30,12 @@ def read_private_file(path: Path, label: str, error: Type[EsxiWatcherError],
     mode = status.st_mode
     if not stat.S_ISREG(mode):
         raise error(f"{label} {path} is not a regular file")
-    if status.st_size > max_size:
-        raise error(f"{label} {path} is larger than {max_size} bytes: not a file holding one secret")
     if mode & (stat.S_IRGRP | stat.S_IROTH):
         raise error(f"{label} {path} is readable by others: chmod 600 {path}")
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise error(f"{label} {path} is writable by others: chmod 600 {path}")
+    if status.st_size > max_size:
+        raise error(f"{label} {path} is larger than {max_size} bytes: not a file holding one secret")
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as problem:

@@ -1,5 +1,6 @@
-"""The images' root password through the real daemon, real packer and the MAAS simulator: put in every
-place of the work copy, shown nowhere; refused before Packer starts when ESXi would refuse it."""
+"""The images' root password through the real daemon, real make and packer, and the MAAS simulator:
+put in every place of the work copy (tests/templates/kickstart: the Makefile generation's shape),
+shown nowhere; refused before Packer starts when ESXi would refuse it."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_the_configured_password_is_in_every_place_and_shown_nowhere(tmp_path, s
     for place in ("rootpw", "esxi_password", "vcenter_default"):
         assert f"{place}={PASSWORD}\n" in disk
     assert "workdir_mode=700\n" in disk
-    assert "packer_timeout=54s\n" in disk  # 90 % of the harness's build.timeout of 60 s
+    assert "packer_timeout=54s\n" in disk  # make TIMEOUT=: 90 % of the harness's build.timeout of 60 s
     assert "env_mark=from-build.environment\n" in disk
     shown = everything_shown(daemon, job["id"])
     shown["banners"] = repr(simulator.notifications())
@@ -67,8 +68,9 @@ def test_the_configured_password_is_in_every_place_and_shown_nowhere(tmp_path, s
         assert PASSWORD not in text, f"the password shows in {where}"
     build_log = shown["logs " + str(job["id"])]
     assert "check-places: rootpw ********" in build_log  # the template printed it; the log masks it
-    assert "=== root password from" in build_log and "put in KS.CFG" in build_log
+    assert "Z root password from" in build_log and "put in KS.CFG" in build_log
     assert "check-places: every place holds the configured password" in build_log
+    assert "running: make ISO=" in build_log and " TIMEOUT=54s (in " in build_log
     wait_for(lambda: list((daemon.state_dir / "work").iterdir()) == [], 10, "the work dir to go")
 
 

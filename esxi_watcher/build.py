@@ -231,7 +231,7 @@ def build_environment(job_id: str, extra: Mapping[str, str] | None = None) -> di
 def register_url_credentials(value: str) -> None:
     """Given a variable's value, register the credentials of any URL in it (user:password@) as secrets."""
     for userinfo in _URL_CREDENTIALS.findall(value):
-        add_secret(userinfo)
+        add_secret(f"://{userinfo}@")  # long enough to be masked even when the password is short
         _, _, password = userinfo.partition(":")
         if password:
             add_secret(password)

@@ -49,7 +49,7 @@ FORBIDDEN = "'\"`\\#"
 # crypt(3) schemes ESXi's /etc/shadow uses or accepts: MD5 ($1$), SHA-256 ($5$), SHA-512 ($6$).
 _CRYPT_HASH = re.compile(r"\$(1|5|6)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}")
 _ANY_CRYPT_HASH = re.compile(r"\$[0-9a-z]{1,4}\$[^\s]+\$[^\s]+")
-_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\n]*$", re.MULTILINE)
+_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\r\n]*$", re.MULTILINE)
 _ESXI_PASSWORD_ARGUMENT = re.compile(r"--esxi-password=(?:'[^'\n]*'|\"[^\"\n]*\"|[^\s\\]+)")
 # argparse: "--esxi-password", ... default="...": the option's default, up to the call's end
 _VCENTER_DEFAULT = re.compile(r"""(["']--esxi-password["'][^)]*?\bdefault\s*=\s*)(["'])[^"'\n]*\2""")

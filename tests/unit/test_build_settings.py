@@ -119,3 +119,9 @@ def test_a_weak_password_fails_the_build_before_any_command_runs(tmp_path):
 
     assert not failure.value.transient
     assert not log_path.exists()  # no command ran, so nothing was logged
+
+
+def test_a_short_proxy_password_is_masked_in_its_url():
+    build_environment("host-7", {"http_proxy": "http://u:pw@proxy:3128/"})
+
+    assert redact("ProxyError: http://u:pw@proxy:3128/ refused") == "ProxyError: http********proxy:3128/ refused"

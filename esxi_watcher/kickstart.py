@@ -49,7 +49,7 @@ FORBIDDEN = "'\"`\\#"
 # crypt(3) schemes ESXi's /etc/shadow uses or accepts: MD5 ($1$), SHA-256 ($5$), SHA-512 ($6$).
 _CRYPT_HASH = re.compile(r"\$(1|5|6)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}")
 _ANY_CRYPT_HASH = re.compile(r"\$[0-9a-z]{1,4}\$[^\s]+\$[^\s]+")
-_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\r\n]*$", re.MULTILINE)
+_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\r\n]*", re.MULTILINE)
 _ESXI_PASSWORD_ARGUMENT = re.compile(r"--esxi-password=(?:'[^'\n]*'|\"[^\"\n]*\"|[^\s\\]+)")
 # argparse: "--esxi-password", ... default="...": the option's default, up to the call's end
 _VCENTER_DEFAULT = re.compile(r"""(["']--esxi-password["'][^)]*?\bdefault\s*=\s*)(["'])[^"'\n]*\2""")
@@ -139,12 +139,9 @@ def root_password_problem(build_config) -> str | None:
     return None
 
 
-def template_kickstart(template_copy: Path) -> Path | None:
-    """Given a template folder, return its kickstart file, or None when it has none we know."""
-    for name in KICKSTART_FILES:
-        if os.path.lexists(template_copy / name):
-            return template_copy / name
-    return None
+def template_kickstarts(template_copy: Path) -> list[Path]:
+    """Given a template folder, return the kickstart files of ours it has (normally one)."""
+    return [template_copy / name for name in KICKSTART_FILES if os.path.lexists(template_copy / name)]
 
 
 def apply_settings(template_copy: Path, build_config) -> list[str]:
@@ -159,26 +156,37 @@ def apply_settings(template_copy: Path, build_config) -> list[str]:
     password = None
     if build_config.root_password_file is not None:
         password = read_root_password(build_config.root_password_file)
-    kickstart = template_kickstart(template_copy)
-    if kickstart is None:
+    kickstarts = template_kickstarts(template_copy)
+    if not kickstarts:
         setting = "build.kickstart" if build_config.kickstart else "build.root_password_file"
         raise BadKickstartSettings(
             f"{setting} is set but the template folder {template_copy.name} has no kickstart "
             f"({' or '.join(KICKSTART_FILES)}) to put it in")
     if build_config.kickstart is not None:
-        _replace_kickstart(kickstart, Path(build_config.kickstart))
-        done.append(f"kickstart {_relative(kickstart, template_copy)} replaced by {build_config.kickstart}")
+        source = Path(build_config.kickstart)
+        text = _read_kickstart(source)
         if password is None:
-            _check_own_rootpw(kickstart, Path(build_config.kickstart))
+            _check_own_rootpw(text, source)
+        for kickstart in kickstarts:
+            _rewrite(kickstart, text)
+            done.append(f"kickstart {_relative(kickstart, template_copy)} replaced by {source}")
     if password is not None:
-        done.extend(_put_password(template_copy, kickstart, password))
+        done.extend(_put_password(template_copy, kickstarts, password))
     return done
 
 
-def _check_own_rootpw(kickstart: Path, source: Path) -> None:
-    """Given build.kickstart (no password file), refuse a plain rootpw that ESXi would refuse; the
-    password it holds is registered as a secret."""
-    for line in _read(kickstart).splitlines():
+def _read_kickstart(source: Path) -> str:
+    try:
+        return _read_text(source)
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise BadKickstartSettings(f"build.kickstart {source}: {reason}") from None
+
+
+def _check_own_rootpw(text: str, source: Path) -> None:
+    """Given build.kickstart's text (no password file), refuse a plain rootpw that ESXi would refuse;
+    the password it holds is registered as a secret."""
+    for line in text.splitlines():
         words = line.split()
         if not words or words[0] != "rootpw" or "--iscrypted" in words:
             continue
@@ -191,31 +199,26 @@ def _check_own_rootpw(kickstart: Path, source: Path) -> None:
                                        f"ESXi's installer would stop on it; nothing was built")
 
 
-def _replace_kickstart(kickstart: Path, replacement: Path) -> None:
-    try:
-        text = replacement.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise BadKickstartSettings(f"build.kickstart {replacement}: {reason}") from None
-    _rewrite(kickstart, text)
-
-
-def _put_password(template_copy: Path, kickstart: Path, password: RootPassword) -> list[str]:
+def _put_password(template_copy: Path, kickstarts: list[Path], password: RootPassword) -> list[str]:
     """Put the password in every place of the work copy that carries the template's; return where."""
-    text = _read(kickstart)
     rootpw = f"rootpw --iscrypted {password.text}" if password.hashed else f"rootpw {password.text}"
-    text, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, text)
-    if not lines:
-        raise BadKickstartSettings(
-            f"the kickstart {_relative(kickstart, template_copy)} has no rootpw line: "
-            f"build.root_password_file has no place to go")
     vcenter_password = "" if password.hashed else password.text
-    text, arguments = _ESXI_PASSWORD_ARGUMENT.subn(lambda _: f"--esxi-password='{vcenter_password}'", text)
-    _rewrite(kickstart, text)
-    name = _relative(kickstart, template_copy)
-    done = [f"root password from {password.source} ({'crypt hash' if password.hashed else 'plain'}) "
-            f"put in {name}: rootpw ({lines} line(s))"]
-    places = [f"{name} --esxi-password ({arguments})"] if arguments else []
+    done, places = [], []
+    for kickstart in kickstarts:
+        text = _read(kickstart)
+        text, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, text)
+        text, arguments = _ESXI_PASSWORD_ARGUMENT.subn(
+            lambda _: f"--esxi-password='{vcenter_password}'", text)
+        if not lines:
+            raise BadKickstartSettings(
+                f"the kickstart {_relative(kickstart, template_copy)} has no rootpw line: "
+                f"build.root_password_file has no place to go")
+        _rewrite(kickstart, text)
+        name = _relative(kickstart, template_copy)
+        done.append(f"root password from {password.source} "
+                    f"({'crypt hash' if password.hashed else 'plain'}) put in {name}: rootpw ({lines} line(s))")
+        if arguments:
+            places.append(f"{name} --esxi-password ({arguments})")
     for script in (template_copy / relative for relative in VCENTER_SCRIPTS):
         if script.is_file():
             script_text, defaults = _VCENTER_DEFAULT.subn(
@@ -249,9 +252,15 @@ def _check_no_default_left(template_copy: Path, password: RootPassword) -> None:
                     f"a place esxi-watcher does not know: edit it there, or set build.kickstart")
 
 
+def _read_text(path: Path) -> str:
+    """Given a text file, return its text with its own line ends (CRLF stays CRLF)."""
+    with open(path, encoding="utf-8", newline="") as file:
+        return file.read()
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_text(path)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise BadKickstartSettings(f"template file {path.name}: {reason}") from None
@@ -266,7 +275,7 @@ def _rewrite(path: Path, text: str) -> None:
         mode = 0o600
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
         os.chmod(temporary, mode | 0o600)
         os.replace(temporary, path)

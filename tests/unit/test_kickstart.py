@@ -348,3 +348,23 @@ def test_a_huge_password_file_is_refused_without_reading_it(tmp_path):
     path.chmod(0o600)
 
     assert "larger than" in kickstart.root_password_problem(Settings(root_password_file=path))
+
+
+def test_a_template_with_both_kickstarts_gets_the_password_in_both(tmp_path):
+    folder = generation(tmp_path, "2023")
+    (folder / "http").mkdir()
+    (folder / "http/vmware-esxi-ks.cfg").write_text(KICKSTART_TEXT)
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    for name in ("KS.CFG", "http/vmware-esxi-ks.cfg"):
+        assert f"\nrootpw {GOOD}\n" in (folder / name).read_text()
+
+
+def test_a_crlf_kickstart_keeps_its_line_ends(tmp_path):
+    folder = generation(tmp_path, "2023")
+    (folder / "KS.CFG").write_bytes(KICKSTART_TEXT.replace("\n", "\r\n").encode())
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    assert f"\r\nrootpw {GOOD}\r\n".encode() in (folder / "KS.CFG").read_bytes()

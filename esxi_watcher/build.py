@@ -16,10 +16,13 @@ Which failures are worth retrying (BuildFailed.transient):
   exit (template, kickstart, missing tools: the operator must act); "Output directory exists"
   (each attempt builds in a fresh copy, so it means the command builds outside the copy, e.g. a
   configured command pointing at the checkout; it stays until someone cleans up); an artifact
-  missing or not a complete gzip after exit 0; a template folder with nothing to build.
+  missing or not a complete gzip after exit 0; a template folder with nothing to build; kickstart
+  settings that cannot be used (BadKickstartSettings, see kickstart.py), found before any command
+  runs.
 
-Over 400 lines on purpose: the work copy, the command of each template generation, the run, the
-reasons a build failed and the artifact check are the steps of one build and change together.
+Over 400 lines on purpose: the work copy, the command of each template generation (with the
+template's own timeout), the build's environment, the run, the reasons a build failed and the
+artifact check are the steps of one build and change together.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import time
 import zlib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import structlog
 
@@ -45,6 +48,9 @@ from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
 from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.process import CommandResult, run_command
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig
 
 log = structlog.get_logger(__name__)
 
@@ -242,7 +248,7 @@ _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]+)@")
 
 def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | None,
               artifact_name: str, iso: Path, workdir: Path, log_path: Path, timeout: float,
-              build_config=None,
+              build_config: BuildConfig | None = None,
               on_line: Callable[[str], None] | None = None,
               on_start: Callable[[int], None] | None = None,
               stop_event: threading.Event | None = None) -> Path:

@@ -30,12 +30,16 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from esxi_watcher.errors import BadKickstartSettings
 from esxi_watcher.logs import add_secret
 from esxi_watcher.private_file import read_private_file
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +132,7 @@ def read_root_password(path: Path) -> RootPassword:
     return RootPassword(password, hashed=False, source=Path(path))
 
 
-def root_password_problem(build_config) -> str | None:
+def root_password_problem(build_config: BuildConfig) -> str | None:
     """Given the build config, return why its root password cannot be used, or None (fine or not set)."""
     if build_config.root_password_file is None:
         return None
@@ -144,7 +148,7 @@ def template_kickstarts(template_copy: Path) -> list[Path]:
     return [template_copy / name for name in KICKSTART_FILES if os.path.lexists(template_copy / name)]
 
 
-def apply_settings(template_copy: Path, build_config) -> list[str]:
+def apply_settings(template_copy: Path, build_config: BuildConfig) -> list[str]:
     """Given a prepared work copy of the template, put the configured kickstart and root password in
     it; return what was done, one line each, for the build log (never the password).
 

@@ -27,14 +27,14 @@ def esxi_iso(tmp_path):
                          version="8.0U2", build=BUILD, payload_size=1 << 20)
 
 
-def site(tmp_path: Path, simulator, password: str, mode: int = 0o600) -> Path:
+def site(tmp_path: Path, simulator, password: str, mode: int = 0o600, **environment: str) -> Path:
     password_file = tmp_path / "site" / "root-password"
     password_file.parent.mkdir(parents=True, exist_ok=True)
     password_file.write_text(password + "\n")
     password_file.chmod(mode)
     return write_config(tmp_path / "site", simulator, build__template_dir=str(KICKSTART_TEMPLATE),
                         build__root_password_file=str(password_file),
-                        build__environment={"TEST_ENV_MARK": "from-build.environment"})
+                        build__environment={"TEST_ENV_MARK": "from-build.environment", **environment})
 
 
 def everything_shown(daemon, job_id: int) -> dict[str, str]:
@@ -72,6 +72,21 @@ def test_the_configured_password_is_in_every_place_and_shown_nowhere(tmp_path, s
     assert "check-places: every place holds the configured password" in build_log
     assert "running: make ISO=" in build_log and " TIMEOUT=54s (in " in build_log
     wait_for(lambda: list((daemon.state_dir / "work").iterdir()) == [], 10, "the work dir to go")
+
+
+def test_an_installer_quoting_the_password_on_its_console_shows_it_nowhere(tmp_path, simulator, daemon_factory,
+                                                                          esxi_iso):
+    daemon = daemon_factory(site(tmp_path, simulator, PASSWORD, TEST_CONSOLE_FAIL="1"))
+    dropped = drop(esxi_iso, daemon.drop_dir)
+
+    job = daemon.wait_for_state(dropped.name, "failed", timeout=90)
+
+    assert "installer error: An error has occurred while parsing the installation script" in job["error"]
+    assert "rootpw ********: refused" in job["error"]
+    shown = everything_shown(daemon, job["id"])
+    shown["banners"] = repr(simulator.notifications())
+    for where, text in shown.items():
+        assert PASSWORD not in text, f"the password shows in {where}"
 
 
 def test_a_password_esxi_refuses_fails_the_job_before_packer_starts(tmp_path, simulator, daemon_factory, esxi_iso):

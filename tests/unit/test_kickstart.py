@@ -368,3 +368,18 @@ def test_a_crlf_kickstart_keeps_its_line_ends(tmp_path):
     kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
 
     assert f"\r\nrootpw {GOOD}\r\n".encode() in (folder / "KS.CFG").read_bytes()
+
+
+def test_a_password_file_that_is_a_folder_is_refused(tmp_path):
+    folder = tmp_path / "root-password"
+    folder.mkdir(mode=0o700)
+
+    assert kickstart.root_password_problem(Settings(root_password_file=folder)) == \
+        f"root password file {folder} is not a regular file"
+
+
+def test_an_unreadable_build_kickstart_is_one_line(tmp_path):
+    folder = generation(tmp_path, "2023")
+
+    with pytest.raises(BadKickstartSettings, match=r"^build.kickstart .*/nope: No such file or directory$"):
+        kickstart.apply_settings(folder, Settings(kickstart=tmp_path / "nope"))

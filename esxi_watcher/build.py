@@ -190,9 +190,9 @@ def packer_timeout(timeout: float) -> str:
     duration syntax: 90 % of it, in whole seconds (at least 1 s).
 
     Under the daemon's limit on purpose: Packer's own timeout then fires first and ends the build
-    with its clear "Timeout waiting for shutdown" and its own clean-up of qemu, instead of the daemon
-    killing the whole group; the other 10 % (12 min of the default 2 h) is for the steps before the
-    install (pip, usb.img, packer init, the boot).
+    with its own error ("Failed to shutdown", see exit_summary) and its clean-up of qemu, instead
+    of the daemon killing the whole group; the other 10 % (12 min of the default 2 h) is for the
+    steps before the install (pip, usb.img, packer init, the boot).
     """
     return f"{max(int(timeout * 0.9), 1)}s"
 
@@ -316,13 +316,30 @@ def _check_step(argv: list[str], result: CommandResult, timeout: float, log_path
         raise BuildFailed(_reason(f"build timed out after {format_duration(timeout)} and was "
                                   f"killed during {step}", result.last_lines, log_path))
     if result.returncode != 0:
-        summary = f"{step} exited {result.returncode}"
-        if result.returncode < 0:
-            summary = f"{step} was killed by signal {-result.returncode}"
+        summary = exit_summary(step, result.returncode, result.last_lines)
         if is_out_of_space(result.last_lines):
             raise BuildOutOfSpace(_reason(summary, result.last_lines, log_path))
         raise BuildFailed(_reason(summary, result.last_lines, log_path),
                           transient=is_transient(result.last_lines))
+
+
+def exit_summary(step: str, returncode: int, lines: Sequence[str]) -> str:
+    """Given a build command that failed and its last lines, return the first line of its reason;
+    Packer's own shutdown timeout (see packer_timeout) is said in words."""
+    summary = f"{step} exited {returncode}"
+    if returncode < 0:
+        summary = f"{step} was killed by signal {-returncode}"
+    if any(marker in line.lower() for line in lines for marker in _PACKER_SHUTDOWN_TIMEOUT):
+        summary += (": the VM did not shut down within Packer's shutdown timeout (90% of "
+                    "build.timeout): the installer hung or stopped (a kickstart it refused, a "
+                    "boot_command that missed, a host too slow)")
+    return summary
+
+
+# What Packer's qemu builder says when shutdown_timeout passes: "Failed to shutdown" with
+# communicator "none" (packer-maas's case: the plugin's step_shutdown.go, v1.1.0-1.1.1 and Debian's
+# packer 1.6.6), the other with a shutdown command.
+_PACKER_SHUTDOWN_TIMEOUT = ("failed to shutdown", "timeout while waiting for machine to shut down")
 
 
 def is_transient(lines: Sequence[str]) -> bool:

@@ -53,7 +53,8 @@ FORBIDDEN = "'\"`\\#"
 # crypt(3) schemes ESXi's /etc/shadow uses or accepts: MD5 ($1$), SHA-256 ($5$), SHA-512 ($6$).
 _CRYPT_HASH = re.compile(r"\$(1|5|6)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}")
 _ANY_CRYPT_HASH = re.compile(r"\$[0-9a-z]{1,4}\$[^\s]+\$[^\s]+")
-_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\r\n]*", re.MULTILINE)
+_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw(?=[ \t\r\n]|$)[^\r\n]*", re.MULTILINE)
+_FIRST_SECTION = re.compile(r"^%", re.MULTILINE)  # %pre, %post, %firstboot: scripts, not commands
 _ESXI_PASSWORD_ARGUMENT = re.compile(r"--esxi-password=(?:'[^'\n]*'|\"[^\"\n]*\"|[^\s\\]+)")
 # argparse: "--esxi-password", ... default="...": the option's default, up to the call's end
 _VCENTER_DEFAULT = re.compile(r"""(["']--esxi-password["'][^)]*?\bdefault\s*=\s*)(["'])[^"'\n]*\2""")
@@ -190,7 +191,7 @@ def _read_kickstart(source: Path) -> str:
 def _check_own_rootpw(text: str, source: Path) -> None:
     """Given build.kickstart's text (no password file), refuse a plain rootpw that ESXi would refuse;
     the password it holds is registered as a secret."""
-    for line in text.splitlines():
+    for line in _split_sections(text)[0].splitlines():
         words = line.split()
         if not words or words[0] != "rootpw" or "--iscrypted" in words:
             continue
@@ -203,14 +204,21 @@ def _check_own_rootpw(text: str, source: Path) -> None:
                                        f"ESXi's installer would stop on it; nothing was built")
 
 
+def _split_sections(text: str) -> tuple[str, str]:
+    """Given a kickstart, return its commands (where rootpw is) and the script sections after them."""
+    first = _FIRST_SECTION.search(text)
+    return (text, "") if first is None else (text[:first.start()], text[first.start():])
+
+
 def _put_password(template_copy: Path, kickstarts: list[Path], password: RootPassword) -> list[str]:
     """Put the password in every place of the work copy that carries the template's; return where."""
     rootpw = f"rootpw --iscrypted {password.text}" if password.hashed else f"rootpw {password.text}"
     vcenter_password = "" if password.hashed else password.text
     done, places = [], []
     for kickstart in kickstarts:
-        text = _read(kickstart)
-        text, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, text)
+        commands, scripts = _split_sections(_read(kickstart))
+        commands, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, commands)
+        text = commands + scripts
         text, arguments = _ESXI_PASSWORD_ARGUMENT.subn(
             lambda _: f"--esxi-password='{vcenter_password}'", text)
         if not lines:

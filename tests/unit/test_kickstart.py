@@ -383,3 +383,15 @@ def test_an_unreadable_build_kickstart_is_one_line(tmp_path):
 
     with pytest.raises(BadKickstartSettings, match=r"^build.kickstart .*/nope: No such file or directory$"):
         kickstart.apply_settings(folder, Settings(kickstart=tmp_path / "nope"))
+
+
+def test_rootpw_in_a_script_section_is_not_a_command(tmp_path):
+    folder = generation(tmp_path, "2023")
+    with open(folder / "KS.CFG", "a") as ks:
+        ks.write("rootpw=$(cat /tmp/x)\nrootpw_tool --check\n")
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    text = (folder / "KS.CFG").read_text()
+    assert text.count(f"rootpw {GOOD}") == 1
+    assert text.endswith("rootpw=$(cat /tmp/x)\nrootpw_tool --check\n")

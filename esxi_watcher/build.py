@@ -16,10 +16,13 @@ Which failures are worth retrying (BuildFailed.transient):
   exit (template, kickstart, missing tools: the operator must act); "Output directory exists"
   (each attempt builds in a fresh copy, so it means the command builds outside the copy, e.g. a
   configured command pointing at the checkout; it stays until someone cleans up); an artifact
-  missing or not a complete gzip after exit 0; a template folder with nothing to build.
+  missing or not a complete gzip after exit 0; a template folder with nothing to build; kickstart
+  settings that cannot be used (BadKickstartSettings, see kickstart.py), found before any command
+  runs.
 
-Over 400 lines on purpose: the work copy, the command of each template generation, the run, the
-reasons a build failed and the artifact check are the steps of one build and change together.
+Over 400 lines on purpose: the work copy, the command of each template generation (with the
+template's own timeout), the build's environment, the run, the reasons a build failed and the
+artifact check are the steps of one build and change together.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ import shutil
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import structlog
 
@@ -44,6 +48,9 @@ from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
 from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.process import CommandResult, run_command
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig
 
 log = structlog.get_logger(__name__)
 
@@ -183,9 +190,9 @@ def packer_timeout(timeout: float) -> str:
     duration syntax: 90 % of it, in whole seconds (at least 1 s).
 
     Under the daemon's limit on purpose: Packer's own timeout then fires first and ends the build
-    with its clear "Timeout waiting for shutdown" and its own clean-up of qemu, instead of the daemon
-    killing the whole group; the other 10 % (12 min of the default 2 h) is for the steps before the
-    install (pip, usb.img, packer init, the boot).
+    with its own error ("Failed to shutdown", see exit_summary) and its clean-up of qemu, instead
+    of the daemon killing the whole group; the other 10 % (12 min of the default 2 h) is for the
+    steps before the install (pip, usb.img, packer init, the boot).
     """
     return f"{max(int(timeout * 0.9), 1)}s"
 
@@ -230,7 +237,7 @@ def build_environment(job_id: str, extra: Mapping[str, str] | None = None) -> di
 def register_url_credentials(value: str) -> None:
     """Given a variable's value, register the credentials of any URL in it (user:password@) as secrets."""
     for userinfo in _URL_CREDENTIALS.findall(value):
-        add_secret(userinfo)
+        add_secret(f"://{userinfo}@")  # long enough to be masked even when the password is short
         _, _, password = userinfo.partition(":")
         if password:
             add_secret(password)
@@ -241,7 +248,7 @@ _URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]+)@")
 
 def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | None,
               artifact_name: str, iso: Path, workdir: Path, log_path: Path, timeout: float,
-              build_config=None,
+              build_config: BuildConfig | None = None,
               on_line: Callable[[str], None] | None = None,
               on_start: Callable[[int], None] | None = None,
               stop_event: threading.Event | None = None) -> Path:
@@ -282,9 +289,10 @@ def _note_in_log(log_path: Path, notes: Sequence[str]) -> None:
     if not notes:
         return
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     with open(log_path, "a", encoding="utf-8") as log_file:
         for note in notes:
-            log_file.write(f"=== {redact(note)}\n")
+            log_file.write(f"=== {stamp} {redact(note)}\n")
 
 
 def _run_step(argv: list[str], cwd: Path, log_path: Path, deadline: float,
@@ -308,13 +316,30 @@ def _check_step(argv: list[str], result: CommandResult, timeout: float, log_path
         raise BuildFailed(_reason(f"build timed out after {format_duration(timeout)} and was "
                                   f"killed during {step}", result.last_lines, log_path))
     if result.returncode != 0:
-        summary = f"{step} exited {result.returncode}"
-        if result.returncode < 0:
-            summary = f"{step} was killed by signal {-result.returncode}"
+        summary = exit_summary(step, result.returncode, result.last_lines)
         if is_out_of_space(result.last_lines):
             raise BuildOutOfSpace(_reason(summary, result.last_lines, log_path))
         raise BuildFailed(_reason(summary, result.last_lines, log_path),
                           transient=is_transient(result.last_lines))
+
+
+def exit_summary(step: str, returncode: int, lines: Sequence[str]) -> str:
+    """Given a build command that failed and its last lines, return the first line of its reason;
+    Packer's own shutdown timeout (see packer_timeout) is said in words."""
+    summary = f"{step} exited {returncode}"
+    if returncode < 0:
+        summary = f"{step} was killed by signal {-returncode}"
+    if any(marker in line.lower() for line in lines for marker in _PACKER_SHUTDOWN_TIMEOUT):
+        summary += (": the VM did not shut down within Packer's shutdown timeout (90% of "
+                    "build.timeout): the installer hung or stopped (a kickstart it refused, a "
+                    "boot_command that missed, a host too slow)")
+    return summary
+
+
+# What Packer's qemu builder says when shutdown_timeout passes: "Failed to shutdown" with
+# communicator "none" (packer-maas's case: the plugin's step_shutdown.go, v1.1.0-1.1.1 and Debian's
+# packer 1.6.6), the other with a shutdown command.
+_PACKER_SHUTDOWN_TIMEOUT = ("failed to shutdown", "timeout while waiting for machine to shut down")
 
 
 def is_transient(lines: Sequence[str]) -> bool:

@@ -17,6 +17,7 @@ from esxi_watcher.errors import EsxiWatcherError, StoreLocked, StoreNotADatabase
 # What the operator can do about a store the commands cannot use (they never repair it themselves).
 _STORE_ADVICE = {StoreLocked: "try again", StoreNotADatabase: "the daemon moves it aside when it starts"}
 CLI_STORE_TIMEOUT = 5.0
+COMPLETION_STORE_TIMEOUT = 0.5  # a shell completing a job id must not hang on a locked store
 
 
 STATUS_FINISHED_SHOWN = 50  # finished jobs `status` shows without --all
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--all", action="store_true",
                         help=f"every job; without it, jobs at work and the newest {STATUS_FINISHED_SHOWN} finished")
+    # For the shell's completion (completions/esxi-watcher): words one a line, nothing on any error.
+    status.add_argument("--ids", action="store_true", help=argparse.SUPPRESS)
+    status.add_argument("--targets", action="store_true", help=argparse.SUPPRESS)
     logs = commands.add_parser("logs", help="print a job's build log")
     logs.add_argument("job", type=int)
     retry = commands.add_parser("retry", help="try a failed job again (e.g. after fixing the API key)")
@@ -123,6 +127,8 @@ def _job(store, job_id: int):
 def _status(config: Config, arguments: argparse.Namespace) -> int:
     from esxi_watcher.status import job_rows, job_table
 
+    if arguments.ids or arguments.targets:
+        return _completion_words(config, arguments.targets)
     if not config.db_path.exists():
         print("[]" if arguments.json else "no jobs yet")
         return 0
@@ -138,6 +144,23 @@ def _status(config: Config, arguments: argparse.Namespace) -> int:
     print(job_table(jobs, registrations))
     if older:
         print(f"({older} older finished jobs not shown: `esxi-watcher status --all`)")
+    return 0
+
+
+def _completion_words(config: Config, targets: bool) -> int:
+    """Given a config, print its target names or the ids of the jobs `status` lists, one a line;
+    print nothing when the store is missing, locked or damaged (the shell is completing a word)."""
+    from esxi_watcher.store import JobStore
+
+    words = [target.name for target in config.targets] if targets else []
+    try:
+        if not targets and config.db_path.exists():  # exists() raises for a user who may not look
+            store = JobStore(config.db_path, timeout=COMPLETION_STORE_TIMEOUT)
+            words = [str(job.id) for job in store.jobs_to_show(finished=STATUS_FINISHED_SHOWN)[0]]
+            store.close()
+    except (EsxiWatcherError, OSError):
+        pass
+    sys.stdout.write("".join(f"{word}\n" for word in words))
     return 0
 
 

@@ -30,12 +30,16 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from esxi_watcher.errors import BadKickstartSettings
 from esxi_watcher.logs import add_secret
 from esxi_watcher.private_file import read_private_file
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +53,8 @@ FORBIDDEN = "'\"`\\#"
 # crypt(3) schemes ESXi's /etc/shadow uses or accepts: MD5 ($1$), SHA-256 ($5$), SHA-512 ($6$).
 _CRYPT_HASH = re.compile(r"\$(1|5|6)\$(rounds=\d+\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{22,86}")
 _ANY_CRYPT_HASH = re.compile(r"\$[0-9a-z]{1,4}\$[^\s]+\$[^\s]+")
-_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw\b[^\n]*$", re.MULTILINE)
+_ROOTPW_LINE = re.compile(r"^([ \t]*)rootpw(?=[ \t\r\n]|$)[^\r\n]*", re.MULTILINE)
+_FIRST_SECTION = re.compile(r"^%", re.MULTILINE)  # %pre, %post, %firstboot: scripts, not commands
 _ESXI_PASSWORD_ARGUMENT = re.compile(r"--esxi-password=(?:'[^'\n]*'|\"[^\"\n]*\"|[^\s\\]+)")
 # argparse: "--esxi-password", ... default="...": the option's default, up to the call's end
 _VCENTER_DEFAULT = re.compile(r"""(["']--esxi-password["'][^)]*?\bdefault\s*=\s*)(["'])[^"'\n]*\2""")
@@ -128,7 +133,7 @@ def read_root_password(path: Path) -> RootPassword:
     return RootPassword(password, hashed=False, source=Path(path))
 
 
-def root_password_problem(build_config) -> str | None:
+def root_password_problem(build_config: BuildConfig) -> str | None:
     """Given the build config, return why its root password cannot be used, or None (fine or not set)."""
     if build_config.root_password_file is None:
         return None
@@ -139,15 +144,12 @@ def root_password_problem(build_config) -> str | None:
     return None
 
 
-def template_kickstart(template_copy: Path) -> Path | None:
-    """Given a template folder, return its kickstart file, or None when it has none we know."""
-    for name in KICKSTART_FILES:
-        if os.path.lexists(template_copy / name):
-            return template_copy / name
-    return None
+def template_kickstarts(template_copy: Path) -> list[Path]:
+    """Given a template folder, return the kickstart files of ours it has (normally one)."""
+    return [template_copy / name for name in KICKSTART_FILES if os.path.lexists(template_copy / name)]
 
 
-def apply_settings(template_copy: Path, build_config) -> list[str]:
+def apply_settings(template_copy: Path, build_config: BuildConfig) -> list[str]:
     """Given a prepared work copy of the template, put the configured kickstart and root password in
     it; return what was done, one line each, for the build log (never the password).
 
@@ -156,46 +158,79 @@ def apply_settings(template_copy: Path, build_config) -> list[str]:
     done: list[str] = []
     if build_config.kickstart is None and build_config.root_password_file is None:
         return done
-    kickstart = template_kickstart(template_copy)
-    if kickstart is None:
+    password = None
+    if build_config.root_password_file is not None:
+        password = read_root_password(build_config.root_password_file)
+    kickstarts = template_kickstarts(template_copy)
+    if not kickstarts:
         setting = "build.kickstart" if build_config.kickstart else "build.root_password_file"
         raise BadKickstartSettings(
             f"{setting} is set but the template folder {template_copy.name} has no kickstart "
             f"({' or '.join(KICKSTART_FILES)}) to put it in")
     if build_config.kickstart is not None:
-        _replace_kickstart(kickstart, Path(build_config.kickstart))
-        done.append(f"kickstart {_relative(kickstart, template_copy)} replaced by {build_config.kickstart}")
-    if build_config.root_password_file is not None:
-        password = read_root_password(build_config.root_password_file)
-        done.extend(_put_password(template_copy, kickstart, password))
+        source = Path(build_config.kickstart)
+        text = _read_kickstart(source)
+        if password is None:
+            _check_own_rootpw(text, source)
+        for kickstart in kickstarts:
+            _rewrite(kickstart, text)
+            done.append(f"kickstart {_relative(kickstart, template_copy)} replaced by {source}")
+    if password is not None:
+        done.extend(_put_password(template_copy, kickstarts, password))
     return done
 
 
-def _replace_kickstart(kickstart: Path, replacement: Path) -> None:
+def _read_kickstart(source: Path) -> str:
     try:
-        text = replacement.read_text(encoding="utf-8")
+        return _read_text(source)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise BadKickstartSettings(f"build.kickstart {replacement}: {reason}") from None
-    _rewrite(kickstart, text)
+        raise BadKickstartSettings(f"build.kickstart {source}: {reason}") from None
 
 
-def _put_password(template_copy: Path, kickstart: Path, password: RootPassword) -> list[str]:
+def _check_own_rootpw(text: str, source: Path) -> None:
+    """Given build.kickstart's text (no password file), refuse a plain rootpw that ESXi would refuse;
+    the password it holds is registered as a secret."""
+    for line in _split_sections(text)[0].splitlines():
+        words = line.split()
+        if not words or words[0] != "rootpw" or "--iscrypted" in words:
+            continue
+        plain = line.split(None, 1)[1].strip() if len(words) > 1 else ""
+        if plain:
+            add_secret(plain)
+        broken = rule_broken(plain) if plain else "is empty"
+        if broken:
+            raise BadKickstartSettings(f"the rootpw password in build.kickstart {source} {broken}: "
+                                       f"ESXi's installer would stop on it; nothing was built")
+
+
+def _split_sections(text: str) -> tuple[str, str]:
+    """Given a kickstart, return its commands (where rootpw is) and the script sections after them."""
+    first = _FIRST_SECTION.search(text)
+    return (text, "") if first is None else (text[:first.start()], text[first.start():])
+
+
+def _put_password(template_copy: Path, kickstarts: list[Path], password: RootPassword) -> list[str]:
     """Put the password in every place of the work copy that carries the template's; return where."""
-    text = _read(kickstart)
     rootpw = f"rootpw --iscrypted {password.text}" if password.hashed else f"rootpw {password.text}"
-    text, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, text)
-    if not lines:
-        raise BadKickstartSettings(
-            f"the kickstart {_relative(kickstart, template_copy)} has no rootpw line: "
-            f"build.root_password_file has no place to go")
     vcenter_password = "" if password.hashed else password.text
-    text, arguments = _ESXI_PASSWORD_ARGUMENT.subn(lambda _: f"--esxi-password='{vcenter_password}'", text)
-    _rewrite(kickstart, text)
-    name = _relative(kickstart, template_copy)
-    done = [f"root password from {password.source} ({'crypt hash' if password.hashed else 'plain'}) "
-            f"put in {name}: rootpw ({lines} line(s))"]
-    places = [f"{name} --esxi-password ({arguments})"] if arguments else []
+    done, places = [], []
+    for kickstart in kickstarts:
+        commands, scripts = _split_sections(_read(kickstart))
+        commands, lines = _ROOTPW_LINE.subn(lambda match: match.group(1) + rootpw, commands)
+        text = commands + scripts
+        text, arguments = _ESXI_PASSWORD_ARGUMENT.subn(
+            lambda _: f"--esxi-password='{vcenter_password}'", text)
+        if not lines:
+            raise BadKickstartSettings(
+                f"the kickstart {_relative(kickstart, template_copy)} has no rootpw line: "
+                f"build.root_password_file has no place to go")
+        _rewrite(kickstart, text)
+        name = _relative(kickstart, template_copy)
+        done.append(f"root password from {password.source} "
+                    f"({'crypt hash' if password.hashed else 'plain'}) put in {name}: rootpw ({lines} line(s))")
+        if arguments:
+            places.append(f"{name} --esxi-password ({arguments})")
     for script in (template_copy / relative for relative in VCENTER_SCRIPTS):
         if script.is_file():
             script_text, defaults = _VCENTER_DEFAULT.subn(
@@ -229,9 +264,15 @@ def _check_no_default_left(template_copy: Path, password: RootPassword) -> None:
                     f"a place esxi-watcher does not know: edit it there, or set build.kickstart")
 
 
+def _read_text(path: Path) -> str:
+    """Given a text file, return its text with its own line ends (CRLF stays CRLF)."""
+    with open(path, encoding="utf-8", newline="") as file:
+        return file.read()
+
+
 def _read(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return _read_text(path)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
         raise BadKickstartSettings(f"template file {path.name}: {reason}") from None
@@ -246,7 +287,7 @@ def _rewrite(path: Path, text: str) -> None:
         mode = 0o600
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
             file.write(text)
         os.chmod(temporary, mode | 0o600)
         os.replace(temporary, path)

@@ -73,7 +73,8 @@ def build_job(context: Context, job: Job, slot: Slot) -> None:
     with slot.lease() as lease:
         artifact, failure, monitor = _run(context, job, lease)
     if failure is not None:
-        _build_failed(context, store.get(job.id), failure, monitor.explain(str(failure)), slot)
+        # The console is the guest's own text: an installer quoting its kickstart could show the password.
+        _build_failed(context, store.get(job.id), failure, redact(monitor.explain(str(failure))), slot)
         return
     _keep_image(context, job, artifact)
 
@@ -127,6 +128,7 @@ def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: L
     lock = threading.Lock()
 
     def show(stage: str) -> None:
+        stage = redact(stage)
         minutes = int((time.monotonic() - started) / 60)
         lease.show(f"building {_stem(job.iso)} ({minutes} min, {stage})")
         with lock:

@@ -1,5 +1,6 @@
-"""The images' root password through the real daemon, real packer and the MAAS simulator: put in every
-place of the work copy, shown nowhere; refused before Packer starts when ESXi would refuse it."""
+"""The images' root password through the real daemon, real make and packer, and the MAAS simulator:
+put in every place of the work copy (tests/templates/kickstart: the Makefile generation's shape),
+shown nowhere; refused before Packer starts when ESXi would refuse it."""
 
 from __future__ import annotations
 
@@ -26,14 +27,14 @@ def esxi_iso(tmp_path):
                          version="8.0U2", build=BUILD, payload_size=1 << 20)
 
 
-def site(tmp_path: Path, simulator, password: str, mode: int = 0o600) -> Path:
+def site(tmp_path: Path, simulator, password: str, mode: int = 0o600, **environment: str) -> Path:
     password_file = tmp_path / "site" / "root-password"
     password_file.parent.mkdir(parents=True, exist_ok=True)
     password_file.write_text(password + "\n")
     password_file.chmod(mode)
     return write_config(tmp_path / "site", simulator, build__template_dir=str(KICKSTART_TEMPLATE),
                         build__root_password_file=str(password_file),
-                        build__environment={"TEST_ENV_MARK": "from-build.environment"})
+                        build__environment={"TEST_ENV_MARK": "from-build.environment", **environment})
 
 
 def everything_shown(daemon, job_id: int) -> dict[str, str]:
@@ -59,7 +60,7 @@ def test_the_configured_password_is_in_every_place_and_shown_nowhere(tmp_path, s
     for place in ("rootpw", "esxi_password", "vcenter_default"):
         assert f"{place}={PASSWORD}\n" in disk
     assert "workdir_mode=700\n" in disk
-    assert "packer_timeout=54s\n" in disk  # 90 % of the harness's build.timeout of 60 s
+    assert "packer_timeout=54s\n" in disk  # make TIMEOUT=: 90 % of the harness's build.timeout of 60 s
     assert "env_mark=from-build.environment\n" in disk
     shown = everything_shown(daemon, job["id"])
     shown["banners"] = repr(simulator.notifications())
@@ -67,9 +68,25 @@ def test_the_configured_password_is_in_every_place_and_shown_nowhere(tmp_path, s
         assert PASSWORD not in text, f"the password shows in {where}"
     build_log = shown["logs " + str(job["id"])]
     assert "check-places: rootpw ********" in build_log  # the template printed it; the log masks it
-    assert "=== root password from" in build_log and "put in KS.CFG" in build_log
+    assert "Z root password from" in build_log and "put in KS.CFG" in build_log
     assert "check-places: every place holds the configured password" in build_log
+    assert "running: make ISO=" in build_log and " TIMEOUT=54s (in " in build_log
     wait_for(lambda: list((daemon.state_dir / "work").iterdir()) == [], 10, "the work dir to go")
+
+
+def test_an_installer_quoting_the_password_on_its_console_shows_it_nowhere(tmp_path, simulator, daemon_factory,
+                                                                          esxi_iso):
+    daemon = daemon_factory(site(tmp_path, simulator, PASSWORD, TEST_CONSOLE_FAIL="1"))
+    dropped = drop(esxi_iso, daemon.drop_dir)
+
+    job = daemon.wait_for_state(dropped.name, "failed", timeout=90)
+
+    assert "installer error: An error has occurred while parsing the installation script" in job["error"]
+    assert "rootpw ********: refused" in job["error"]
+    shown = everything_shown(daemon, job["id"])
+    shown["banners"] = repr(simulator.notifications())
+    for where, text in shown.items():
+        assert PASSWORD not in text, f"the password shows in {where}"
 
 
 def test_a_password_esxi_refuses_fails_the_job_before_packer_starts(tmp_path, simulator, daemon_factory, esxi_iso):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from esxi_watcher import config
-from esxi_watcher.build import (BUILD_ENVIRONMENT, build_commands, build_environment, packer_timeout,
+from esxi_watcher.build import (BUILD_ENVIRONMENT, build_commands, build_environment, exit_summary, packer_timeout,
                                 prepare_workdir, run_build)
 from esxi_watcher.errors import BadKickstartSettings
 from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
@@ -119,3 +119,19 @@ def test_a_weak_password_fails_the_build_before_any_command_runs(tmp_path):
 
     assert not failure.value.transient
     assert not log_path.exists()  # no command ran, so nothing was logged
+
+
+def test_a_short_proxy_password_is_masked_in_its_url():
+    build_environment("host-7", {"http_proxy": "http://u:pw@proxy:3128/"})
+
+    assert redact("ProxyError: http://u:pw@proxy:3128/ refused") == "ProxyError: http********proxy:3128/ refused"
+
+
+def test_packers_own_shutdown_timeout_is_said_in_words():
+    lines = ["==> qemu.esxi: Waiting for shutdown...", "==> qemu.esxi: Failed to shutdown",
+             "Build 'qemu.esxi' errored after 1 hour 48 minutes: Failed to shutdown"]
+
+    summary = exit_summary("make", 2, lines)
+
+    assert summary.startswith("make exited 2: the VM did not shut down within Packer's shutdown timeout")
+    assert exit_summary("make", 2, ["Error: something else"]) == "make exited 2"

@@ -310,3 +310,88 @@ def test_nothing_configured_changes_nothing(tmp_path):
 
     assert kickstart.apply_settings(folder, Settings()) == []
     assert (folder / "KS.CFG").read_text() == KICKSTART_TEXT
+
+
+def test_build_kickstarts_own_weak_rootpw_fails_before_the_build(tmp_path):
+    folder = generation(tmp_path, "2023")
+    ours = tmp_path / "ks.cfg"
+    ours.write_text("vmaccepteula\nrootpw abcdefgh\n")
+
+    with pytest.raises(BadKickstartSettings, match="rootpw password in build.kickstart .* uses 1 of the 4") as failure:
+        kickstart.apply_settings(folder, Settings(kickstart=ours))
+
+    assert "abcdefgh" not in str(failure.value)
+
+
+def test_build_kickstarts_own_hash_is_taken_as_it_is(tmp_path):
+    folder = generation(tmp_path, "2023")
+    ours = tmp_path / "ks.cfg"
+    ours.write_text(f"vmaccepteula\nrootpw --iscrypted {SHA512}\n")
+
+    kickstart.apply_settings(folder, Settings(kickstart=ours))
+
+    assert (folder / "KS.CFG").read_text() == ours.read_text()
+
+
+def test_a_weak_password_is_reported_before_a_missing_kickstart(tmp_path):
+    folder = tmp_path / "vmware-esxi"
+    folder.mkdir()
+
+    with pytest.raises(BadKickstartSettings, match="shorter than 7"):
+        kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, "aB3!")))
+
+
+def test_a_huge_password_file_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "root-password"
+    with open(path, "wb") as file:
+        file.truncate(2 << 20)
+    path.chmod(0o600)
+
+    assert "larger than" in kickstart.root_password_problem(Settings(root_password_file=path))
+
+
+def test_a_template_with_both_kickstarts_gets_the_password_in_both(tmp_path):
+    folder = generation(tmp_path, "2023")
+    (folder / "http").mkdir()
+    (folder / "http/vmware-esxi-ks.cfg").write_text(KICKSTART_TEXT)
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    for name in ("KS.CFG", "http/vmware-esxi-ks.cfg"):
+        assert f"\nrootpw {GOOD}\n" in (folder / name).read_text()
+
+
+def test_a_crlf_kickstart_keeps_its_line_ends(tmp_path):
+    folder = generation(tmp_path, "2023")
+    (folder / "KS.CFG").write_bytes(KICKSTART_TEXT.replace("\n", "\r\n").encode())
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    assert f"\r\nrootpw {GOOD}\r\n".encode() in (folder / "KS.CFG").read_bytes()
+
+
+def test_a_password_file_that_is_a_folder_is_refused(tmp_path):
+    folder = tmp_path / "root-password"
+    folder.mkdir(mode=0o700)
+
+    assert kickstart.root_password_problem(Settings(root_password_file=folder)) == \
+        f"root password file {folder} is not a regular file"
+
+
+def test_an_unreadable_build_kickstart_is_one_line(tmp_path):
+    folder = generation(tmp_path, "2023")
+
+    with pytest.raises(BadKickstartSettings, match=r"^build.kickstart .*/nope: No such file or directory$"):
+        kickstart.apply_settings(folder, Settings(kickstart=tmp_path / "nope"))
+
+
+def test_rootpw_in_a_script_section_is_not_a_command(tmp_path):
+    folder = generation(tmp_path, "2023")
+    with open(folder / "KS.CFG", "a") as ks:
+        ks.write("rootpw=$(cat /tmp/x)\nrootpw_tool --check\n")
+
+    kickstart.apply_settings(folder, Settings(root_password_file=password_file(tmp_path, GOOD)))
+
+    text = (folder / "KS.CFG").read_text()
+    assert text.count(f"rootpw {GOOD}") == 1
+    assert text.endswith("rootpw=$(cat /tmp/x)\nrootpw_tool --check\n")

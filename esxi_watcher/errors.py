@@ -37,6 +37,10 @@ class BuildStopped(BuildFailed):
         super().__init__(reason, transient=True)
 
 
+class BuildLockUnavailable(EsxiWatcherError):
+    """The host's build lock file (build.lock_file) cannot be opened."""
+
+
 class MaasError(EsxiWatcherError):
     """MAAS refused the image for a reason retrying will not fix."""
 

@@ -171,7 +171,7 @@ class _Attempt:
                                     f"(after {self.fresh_starts} fresh starts)") from None
                 self.fresh_starts += 1
                 log.warning("maas.upload.start_over", name=self.name, resource=resource["id"], reason=TOO_MUCH_DATA)
-            except Exception:
+            except BaseException:  # asyncio.CancelledError too: a cancelled upload leaves no half-made resource
                 await self._clean_up(client, resource["id"], created_here)
                 raise
 

@@ -346,3 +346,20 @@ class JobProgress:
                 return False
         self._recorded = (self.fraction, now)
         return True
+
+
+def clock(seconds: float) -> str:
+    """Given a duration, return it as a clock shows it: '4:05', '1:02:03'."""
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def bar_line(progress: JobProgress, now: float, width: int = 20) -> str:
+    """Given a job's progress, return the one-shot's terminal line: the time since it started and
+    what it does (an upload with a bar of its share sent)."""
+    line = f"[{clock(now - progress.build_started)}] "
+    if progress.uploading and progress.fraction is not None:
+        filled = int(progress.fraction * width)
+        line += f"[{'#' * filled}{'.' * (width - filled)}] "
+    return line + progress.text(now)

@@ -342,7 +342,7 @@ class JobProgress:
         last = self._recorded
         if last is not None:
             moved = self.fraction - last[0]
-            if moved == 0 or (self.fraction < 1 and moved < step and now - last[1] < every):
+            if moved == 0 or (self.fraction < 1 and moved < step - 1e-9 and now - last[1] < every):
                 return False
         self._recorded = (self.fraction, now)
         return True

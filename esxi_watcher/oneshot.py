@@ -169,8 +169,10 @@ class OneShot:
 
     def _inspect(self) -> IsoFacts:
         iso = self.request.iso
-        if iso.is_symlink() or not iso.is_file():
-            raise BadInput(f"{iso}: not an ISO file")
+        if not os.path.exists(iso):
+            raise BadInput(f"{iso}: no such file")
+        if not iso.is_file():
+            raise BadInput(f"{iso}: not an ISO file (a folder, FIFO or device)")
         facts = inspect_iso(iso)
         if not facts.esxi:
             raise BadInput(f"{iso}: not an ESXi installer ISO: {facts.reason}")
@@ -237,6 +239,7 @@ class OneShot:
             finally:
                 ticker.stop()
         finally:
+            self._end_build_processes()  # while the lock is held: no other build of the host runs
             lock.release()
         self._stage(progress, "done")
         self.screen.say(f"built {artifact.name} ({human_size(artifact.stat().st_size)}) in "
@@ -332,17 +335,20 @@ class OneShot:
 
     # ----- the end -----
 
-    def _clean_up(self) -> None:
-        """End what the build left (its processes, mounts, nbd devices: this run's marker only) and
-        remove its work dir; the log stays only after a failure."""
+    def _end_build_processes(self) -> None:
+        """End what the build left running or mounted (this run's marker only: never the daemon's)."""
         report = host.clean_host(live_jobs=set(), dead_jobs={self.marker}, work_root=self.root,
                                  process_groups={self.pgid: self.marker} if self.pgid else None)
+        if report.failed:
+            self.keep_log = True
+            self.screen.say(f"could not end everything the build left: see {self.log_path}")
+
+    def _clean_up(self) -> None:
+        """Remove the run's work dir; its log stays only after a failure."""
         left = build.remove_workdir(self.workdir)
         if left:
             self.keep_log = True
             self.screen.say(f"could not remove {', '.join(map(str, left))}")
-        if report.failed:
-            self.screen.say("could not end everything the build left: see " + str(self.log_path))
         log_file = getattr(self, "_log_file", None)
         if log_file is not None:
             log_file.close()

@@ -19,8 +19,7 @@ def _samples(path) -> dict[tuple[str, tuple], float]:
 def test_after_a_registration_the_textfile_holds_it(tmp_path, simulator, daemon_factory):
     textfile = tmp_path / "textfile" / "esxi-watcher.prom"
     textfile.parent.mkdir()
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator, metrics__textfile=str(textfile),
-                                         build__lock_file=str(tmp_path / "build.lock")))
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, metrics__textfile=str(textfile)))
     wait_for(textfile.exists, 30, "the textfile written at start")
     assert _samples(textfile)[("esxi_watcher_jobs", (("state", "registered"),))] == 0
     iso = make_esxi_iso(tmp_path / "a.iso", payload_size=1 << 16)
@@ -46,8 +45,7 @@ def test_after_a_registration_the_textfile_holds_it(tmp_path, simulator, daemon_
 
 def test_a_missing_metrics_folder_is_one_warning_and_the_daemon_goes_on(tmp_path, simulator, daemon_factory):
     textfile = tmp_path / "no-such-folder" / "esxi-watcher.prom"
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator, metrics__textfile=str(textfile),
-                                         build__lock_file=str(tmp_path / "build.lock")))
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, metrics__textfile=str(textfile)))
     iso = make_esxi_iso(tmp_path / "a.iso", payload_size=1 << 16)
     drop(iso, daemon.drop_dir)
     daemon.wait_for_state("a.iso", "registered")

@@ -31,7 +31,7 @@ def esxi_iso(tmp_path):
 
 
 def _site(tmp_path, simulator=None, **overrides) -> Path:
-    return write_config(tmp_path / "site", simulator, build__lock_file=str(tmp_path / "build.lock"), **overrides)
+    return write_config(tmp_path / "site", simulator, **overrides)
 
 
 def _command(config: Path, *arguments: str) -> list[str]:

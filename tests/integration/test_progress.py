@@ -16,8 +16,7 @@ NAME = "esxi/8.0.2-22380479"
 
 def test_status_and_the_status_line_show_the_build_stage_then_the_upload_percentage(tmp_path, simulator,
                                                                                       daemon_factory):
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__template_dir=str(SLOW_TEMPLATE),
-                                         build__lock_file=str(tmp_path / "build.lock")))
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__template_dir=str(SLOW_TEMPLATE)))
     simulator.inject("delay", method="PUT", path="/upload/", seconds=3)
     drop(make_esxi_iso(tmp_path / "a.iso", payload_size=1 << 16), daemon.drop_dir)
 
@@ -36,7 +35,7 @@ def test_status_and_the_status_line_show_the_build_stage_then_the_upload_percent
 
 def test_a_daemon_build_waits_for_a_oneshot_build_saying_whose(tmp_path, simulator, daemon_factory):
     config = write_config(tmp_path / "site", simulator, build__template_dir=str(SLOW_TEMPLATE),
-                          build__lock_file=str(tmp_path / "build.lock"), build__command=[
+                          build__command=[
                               "packer", "build", "-var", "vmware_esxi_iso_path={iso}", "-var", "sleep=6",
                               "vmware-esxi.json"])
     first = make_esxi_iso(tmp_path / "first.iso", version="8.0U3", build=24022510, payload_size=1 << 16)

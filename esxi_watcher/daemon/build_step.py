@@ -16,10 +16,10 @@ from pathlib import Path
 import structlog
 
 from esxi_watcher import build, host
+from esxi_watcher.buildlock import BuildLock
 from esxi_watcher.daemon import targets
 from esxi_watcher.daemon.activity import Lease, Slot
 from esxi_watcher.daemon.context import Context
-from esxi_watcher.buildlock import BuildLock
 from esxi_watcher.errors import BuildFailed, BuildLockUnavailable, BuildOutOfSpace, StoreUnavailable
 from esxi_watcher.intake import human_size, still_in_place
 from esxi_watcher.logs import redact

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import sys
@@ -30,7 +31,7 @@ from typing import TextIO
 
 import structlog
 
-from esxi_watcher import build, host, maas
+from esxi_watcher import build, host, maas, procfs
 from esxi_watcher.buildlock import BuildLock
 from esxi_watcher.config import Config, TargetConfig
 from esxi_watcher.errors import BuildFailed, EsxiWatcherError, MaasError, MaasUnavailable
@@ -44,6 +45,7 @@ log = structlog.get_logger(__name__)
 DONE, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
 REDRAW = 0.5  # how often the terminal line is drawn again (and the serial console read)
 PLAIN_UPLOAD_STEP = 0.1  # without a terminal, a line per 10 % of an upload
+ONESHOT_MARKER = re.compile(r"oneshot-[0-9]+")
 
 
 class BadInput(EsxiWatcherError):
@@ -221,6 +223,7 @@ class OneShot:
         if not lock.acquire(self.stop, on_wait=self.screen.say):
             raise Interrupted()
         try:
+            self._clean_after_killed_runs()
             monitor = BuildMonitor(self.workdir / config.template_dir.name / config.console_log,
                                    on_stage=lambda stage: self._stage(progress, stage))
             progress.build_started = time.monotonic()
@@ -245,6 +248,21 @@ class OneShot:
         self.screen.say(f"built {artifact.name} ({human_size(artifact.stat().st_size)}) in "
                         f"{clock(time.monotonic() - progress.build_started)}")
         return artifact
+
+    def _clean_after_killed_runs(self) -> None:
+        """End what one-shot builds whose esxi-watcher was killed (kill -9, a crash) left: their
+        processes, mounts and work dirs (their logs stay). Runs while holding the build lock, so
+        no other build runs; a one-shot still alive is never touched."""
+        markers = {info.job_id for info in host.find_build_processes()
+                   if info.job_id and ONESHOT_MARKER.fullmatch(info.job_id)}
+        markers |= {entry.name for entry in self.root.iterdir() if entry.is_dir() and ONESHOT_MARKER.fullmatch(entry.name)}
+        dead = {marker for marker in markers if marker != self.marker and not _oneshot_alive(marker)}
+        if not dead:
+            return
+        host.clean_host(live_jobs=set(), dead_jobs=dead, work_root=self.root)
+        for marker in sorted(dead):
+            build.remove_workdir(self.root / marker)
+        self.screen.say(f"cleaned up after killed runs: {', '.join(sorted(dead))}")
 
     def _check_host(self) -> None:
         from esxi_watcher import kvm
@@ -378,6 +396,13 @@ class _Ticker:
     def stop(self) -> None:
         self._done.set()
         self._thread.join()
+
+
+def _oneshot_alive(marker: str) -> bool:
+    """Whether the esxi-watcher build that gave this marker (oneshot-<pid>) still runs."""
+    arguments = procfs.command_line(int(marker.partition("-")[2]))
+    return "build" in arguments and any("esxi_watcher" in argument or "esxi-watcher" in argument
+                                        for argument in arguments)
 
 
 def _iso_sha256(iso: Path, stop: threading.Event) -> str:

@@ -156,6 +156,26 @@ def test_sigint_mid_build_leaves_nothing_behind(tmp_path, simulator, esxi_iso):
     assert esxi_iso.exists()
 
 
+def test_the_next_run_cleans_up_after_a_run_killed_9(tmp_path, simulator, esxi_iso):
+    killed_config = _site(tmp_path, simulator, build__command=HANGING)
+    killed = subprocess.Popen(_command(killed_config, str(esxi_iso)), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, cwd=ROOT, env=_environment(), stdin=subprocess.DEVNULL)
+    marker = f"oneshot-{killed.pid}"
+    build_log = _state_dir(killed_config) / "oneshot" / f"{marker}.log"
+    wait_for(lambda: build_log.exists() and "shape-disk: hanging" in build_log.read_text(), 60, "the build to hang")
+    killed.kill()
+    killed.wait()
+    assert no_processes_of(marker) and (_state_dir(killed_config) / "oneshot" / marker).is_dir()
+
+    config = write_config(tmp_path / "site", simulator, build__template_dir=str(TEMPLATES / "file-builder" /
+                                                                                "vmware-esxi"))
+    result = oneshot(config, str(esxi_iso))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"cleaned up after killed runs: {marker}" in result.stdout
+    assert no_processes_of(marker) == []
+    assert os.listdir(_state_dir(config) / "oneshot") == [f"{marker}.log"]  # its log stays, to read
+
+
 def test_sigterm_mid_upload_deletes_the_resource_it_made(tmp_path, simulator, esxi_iso):
     config = _site(tmp_path, simulator)
     simulator.inject("delay", method="PUT", path="/upload/", seconds=8)

@@ -150,8 +150,12 @@ class OneShot:
                 return DONE
             return self._register_all(targets, keys, facts, names, artifact, progress)
         except Interrupted:
-            self.screen.say("interrupted: the build was stopped and nothing is left behind")
+            self.screen.say("interrupted: nothing is left behind")
             return INTERRUPTED
+        except OSError as error:  # the output folder full or read-only, the state dir gone
+            self.keep_log = True
+            self.screen.say(f"failed: {error}")
+            return FAILED
         except BuildFailed as error:
             self.keep_log = True
             self.screen.say(f"build failed: {redact(str(error))}")
@@ -218,6 +222,8 @@ class OneShot:
 
     def _build(self, progress: JobProgress) -> Path:
         config = self.config.build
+        if self.stop.is_set():
+            raise Interrupted()
         self._check_host()
         lock = BuildLock(config.lock_file)
         if not lock.acquire(self.stop, on_wait=self.screen.say):
@@ -289,11 +295,19 @@ class OneShot:
     def _keep(self, artifact: Path, output: Path) -> None:
         """Move the image to output, never over a file that appeared there meanwhile."""
         partial = output.parent / f".{output.name}.{self.marker}"
-        shutil.move(str(artifact), partial)
         try:
-            os.link(partial, output)
+            shutil.move(str(artifact), partial)  # a copy when output is on another file system
+        except BaseException:
+            partial.unlink(missing_ok=True)  # never half an image in the output folder
+            raise
+        try:
+            os.link(partial, output)  # fails if a file of that name appeared meanwhile
         except FileExistsError:
             raise BadInput(f"{output} appeared during the build: esxi-watcher never overwrites a file") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(output):
+                raise BadInput(f"{output} appeared during the build: esxi-watcher never overwrites a file") from None
+            os.rename(partial, output)
         finally:
             partial.unlink(missing_ok=True)
         self.screen.say(f"image kept (not registered): {output}")

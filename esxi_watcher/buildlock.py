@@ -56,7 +56,7 @@ class BuildLock:
     def _open(self) -> int:
         try:
             # O_CLOEXEC: build processes must not inherit, and so keep, the lock.
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            return os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as error:
             raise BuildLockUnavailable(f"cannot open the build lock {self.path}: {error.strerror} "
                                        f"(see build.lock_file)") from None

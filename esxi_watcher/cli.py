@@ -1,6 +1,7 @@
-"""Command-line entry points: run, inspect, status, logs, retry, forget, doctor, config-example.
+"""Command-line entry points: run, inspect, status, logs, retry, forget, build, doctor, config-example.
 
-Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job).
+Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
     forget = commands.add_parser("forget", help="drop a finished job from the store and its kept image "
                                                  "(its ISO stays)")
     forget.add_argument("job", type=int)
+    one_shot = commands.add_parser("build", help="build (and register) one ISO in the foreground, without the daemon")
+    one_shot.add_argument("iso", type=Path)
+    one_shot.add_argument("--target", metavar="NAME", help="register on this MAAS target only (default: every target)")
+    one_shot.add_argument("--no-register", action="store_true", help="keep the image as a file instead")
+    one_shot.add_argument("--output", type=Path, metavar="PATH",
+                          help="with --no-register: where the image goes (default: ./<MAAS name>.dd.gz, "
+                               "with - for /); an existing file is never overwritten")
     doctor = commands.add_parser("doctor", help="check the host, the template, packer, KVM and each MAAS target "
                                                 "(exit 1 on any FAIL)")
     doctor.add_argument("--json", action="store_true", help="a list of {name, status, detail, fix}")
@@ -81,7 +89,7 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return _inspect(arguments.iso, arguments.json)
     config = load_config(arguments.config)
     handlers = {"run": _run, "status": _status, "logs": _logs, "retry": _retry, "forget": _forget,
-                "doctor": _doctor}
+                "doctor": _doctor, "build": _build}
     return handlers[arguments.command](config, arguments)
 
 
@@ -199,6 +207,16 @@ def _forget(config: Config, arguments: argparse.Namespace) -> int:
             Path(f"{job.artifact}{suffix}").unlink(missing_ok=True)
     print(f"forgot job {job.id} ({job.iso}) and its kept image; its ISO is where it was: {job.iso_path}")
     return 0
+
+
+def _build(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher import oneshot
+
+    if arguments.output is not None and not arguments.no_register:
+        raise UsageError("--output goes with --no-register (a registered image is not kept)")
+    request = oneshot.Request(iso=arguments.iso, target=arguments.target, register=not arguments.no_register,
+                              output=arguments.output)
+    return oneshot.run(config, request)
 
 
 def _doctor(config: Config, arguments: argparse.Namespace) -> int:

@@ -223,6 +223,10 @@ OPTIONS: tuple[Option, ...] = (
            "variable) is set to 90% of it, so Packer's own error comes first."),
     Option("build.retries", parse_count, 1,
            "How many more times a build that failed in a way that may be transient is tried."),
+    Option("build.lock_file", parse_path, "/run/lock/esxi-watcher-build.lock",
+           "Builds take an flock on this file, one at a time on the host: the daemon's and "
+           "`esxi-watcher build`'s alike (a build needs the host's KVM, memory and nbd devices). "
+           "Daemons with other state dirs on the same host must name the same file."),
     Option("build.kickstart", parse_optional_path, None,
            "A kickstart file that replaces the template's own (KS.CFG, or http/vmware-esxi-ks.cfg in "
            "older templates) in each job's work copy. Left empty, the template's kickstart is used.",
@@ -319,6 +323,7 @@ class BuildConfig:
     kickstart: Path | None = None
     root_password_file: Path | None = None
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    lock_file: Path = Path("/run/lock/esxi-watcher-build.lock")
 
 
 @dataclass(frozen=True)

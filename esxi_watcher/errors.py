@@ -45,6 +45,10 @@ class BadKickstartSettings(BuildFailed):
         super().__init__(reason, transient=False)
 
 
+class BuildLockUnavailable(EsxiWatcherError):
+    """The host's build lock file (build.lock_file) cannot be opened."""
+
+
 class MaasError(EsxiWatcherError):
     """MAAS refused the image for a reason retrying will not fix."""
 

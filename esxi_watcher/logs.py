@@ -75,10 +75,10 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(format: str = "console", level: str = "info") -> None:
-    """Send structlog and stdlib logging to stdout as one line per event."""
+def configure_logging(format: str = "console", level: str = "info", stream: Any = None) -> None:
+    """Send structlog and stdlib logging to stdout (or stream) as one line per event."""
     numeric_level = getattr(logging, level.upper())
-    journal = stdout_is_journal()
+    journal = stream is None and stdout_is_journal()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -96,7 +96,7 @@ def configure_logging(format: str = "console", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()

@@ -584,8 +584,41 @@ class JobStore:
                           (Target.REGISTERED,))
         return rows[0]["resource"] if rows else None
 
+    # ----- figures for the metrics textfile -----
+
+    def target_figures(self) -> dict[str, dict[str, Any]]:
+        """Per target: the newest registration's time (`last_registered`, None if none), the failed
+        registrations now (`failed`) and the tries made (`attempts`)."""
+        rows = self._read(
+            "SELECT target, MAX(CASE WHEN state = ? THEN updated END) AS last_registered, "
+            "SUM(state = ?) AS failed, SUM(attempts) AS attempts FROM registrations GROUP BY target",
+            (Target.REGISTERED, Target.FAILED))
+        return {row["target"]: {"last_registered": row["last_registered"], "failed": row["failed"] or 0,
+                                "attempts": row["attempts"] or 0} for row in rows}
+
+    def registered_images(self) -> list[tuple[str, str | None, dict | None]]:
+        """(target, the job's kept image, the job's provenance) of each registered image."""
+        rows = self._read("SELECT r.target, j.artifact, j.provenance FROM registrations r JOIN jobs j ON j.id = r.job "
+                          "WHERE r.state = ?", (Target.REGISTERED,))
+        return [(row["target"], row["artifact"], _json_dict(row["provenance"])) for row in rows]
+
+    def newest_provenances(self, count: int = 20) -> list[dict]:
+        """The provenance of the newest jobs that have one, newest first."""
+        rows = self._read("SELECT provenance FROM jobs WHERE provenance IS NOT NULL ORDER BY id DESC LIMIT ?",
+                          (count,))
+        return [found for found in (_json_dict(row["provenance"]) for row in rows) if found is not None]
+
 
 _JSON_COLUMNS = ("facts", "provenance")
+
+
+def _json_dict(text: str | None) -> dict | None:
+    """Given a JSON column's text, return its dict, or None (empty, damaged, not a dict)."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _as_json(values: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -27,6 +28,7 @@ from esxi_watcher.errors import EsxiWatcherError, MaasError, MaasUnavailable, Mi
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import distinct_name, distinct_title, resource_name, resource_title
+from esxi_watcher.progress import JobProgress
 from esxi_watcher.status import describe_wait
 from esxi_watcher.store import Job, Registration, Target
 
@@ -108,24 +110,41 @@ def register(context: Context, target: TargetConfig, job: Job, record: Registrat
 
 def _attempt(context: Context, target: TargetConfig, endpoint: maas.Endpoint, job: Job, record: Registration,
              lease: Lease) -> maas.Registration:
-    """One try, in an event loop of our own; cancelled when the daemon stops."""
+    """One try, showing its progress in the status line and (every few percent) in the store."""
     artifact = Path(job.artifact)
     if not artifact.is_file():
         raise MaasError(f"the image {artifact} is gone: `esxi-watcher retry {job.id}` builds it again")
-    uploading = f"uploading {record.resource} to {target.name}"
-    lease.show(uploading)
+    size = artifact.stat().st_size
+    shown = JobProgress(job.iso, now=time.monotonic())
+    shown.upload_begins(record.resource, target.name, size, time.monotonic())
+    lease.show(shown.text(time.monotonic()))
 
     def progress(fraction: float) -> None:
-        lease.show(f"{uploading} {int(fraction * 100)}%")
+        now = time.monotonic()
+        shown.uploaded(fraction, now)
+        lease.show(shown.text(now))
+        if shown.upload_due(now):
+            context.store.update(job.id, stage=shown.note(now))
 
+    return upload(endpoint, target, name=record.resource, title=title_for(target, job, record.resource),
+                  artifact=artifact, stop_event=context.stop_event, progress=progress)
+
+
+def upload(endpoint: maas.Endpoint, target: TargetConfig, *, name: str, title: str, artifact: Path,
+           stop_event: threading.Event, progress: Callable[[float], None]) -> maas.Registration:
+    """Given a built image and its MAAS name and title, make one registration attempt on the target,
+    in an event loop of its own; stop_event cancels it (raising asyncio.CancelledError) after the
+    upload deleted the half-made resource it created. The daemon and `esxi-watcher build` both
+    register through here."""
     async def attempt() -> maas.Registration:
         task = asyncio.ensure_future(maas.register_image(
-            endpoint, name=record.resource, title=title_for(target, job, record.resource),
-            architecture=target.architecture, artifact=artifact, sha256=build.artifact_sha256(artifact),
-            size=artifact.stat().st_size, progress=progress))
+            endpoint, name=name, title=title, architecture=target.architecture, artifact=artifact,
+            sha256=build.artifact_sha256(artifact), size=artifact.stat().st_size, progress=progress))
+        cancelled = False
         while not task.done():
-            if context.stop_event.is_set():
-                task.cancel()
+            if stop_event.is_set() and not cancelled:
+                task.cancel()  # once: the attempt then cleans up what it made in MAAS
+                cancelled = True
             await asyncio.wait([task], timeout=STOP_POLL)
         return task.result()
 
@@ -134,10 +153,16 @@ def _attempt(context: Context, target: TargetConfig, endpoint: maas.Endpoint, jo
 
 def title_for(target: TargetConfig, job: Job, resource: str) -> str:
     """The title MAAS shows: the target's template's, tagged like the name when the name is tagged."""
-    facts = IsoFacts(**job.facts)
-    title = resource_title(target.title_template, facts)
-    if resource == distinct_name(resource_name(target.name_template, facts), job.sha256):
-        title = distinct_title(title, job.sha256)
+    return title_of(target, job.facts, job.sha256, resource)
+
+
+def title_of(target: TargetConfig, facts: dict, sha256: str, resource: str) -> str:
+    """Given an ISO's facts and sha256 and the MAAS name its image gets, return the target's title,
+    tagged like the name when the name is tagged."""
+    iso_facts = IsoFacts(**facts)
+    title = resource_title(target.title_template, iso_facts)
+    if resource == distinct_name(resource_name(target.name_template, iso_facts), sha256):
+        title = distinct_title(title, sha256)
     return title
 
 

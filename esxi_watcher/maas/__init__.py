@@ -22,7 +22,7 @@ from esxi_watcher.maas.client import Endpoint, server_version
 from esxi_watcher.maas.notify import dismiss_banner, post_banner
 from esxi_watcher.maas.rules import (Holder, StoreRules, find_holders, newest_set, set_version_key,
                                      store_rules)
-from esxi_watcher.maas.upload import CHUNK_SIZE, Registration, register_image
+from esxi_watcher.maas.upload import CHUNK_SIZE, Registration, name_holds_other_bytes, register_image
 
 __all__ = [
     "BytesHeldElsewhere",
@@ -39,6 +39,7 @@ __all__ = [
     "find_holders",
     "newest_set",
     "post_banner",
+    "name_holds_other_bytes",
     "read_api_key",
     "register_image",
     "server_version",

@@ -171,7 +171,7 @@ class _Attempt:
                                     f"(after {self.fresh_starts} fresh starts)") from None
                 self.fresh_starts += 1
                 log.warning("maas.upload.start_over", name=self.name, resource=resource["id"], reason=TOO_MUCH_DATA)
-            except Exception:
+            except BaseException:  # asyncio.CancelledError too: a cancelled upload leaves no half-made resource
                 await self._clean_up(client, resource["id"], created_here)
                 raise
 
@@ -317,3 +317,14 @@ def _single_send_trace() -> aiohttp.TraceConfig:
     trace.on_connection_create_start.append(count_connection)
     trace.on_connection_reuseconn.append(count_connection)
     return trace
+
+
+async def name_holds_other_bytes(endpoint: Endpoint, *, name: str, architecture: str, sha256: str) -> bool:
+    """Whether MAAS holds an image (name, architecture) whose newest complete set is not these
+    bytes: registering there would replace what the next deployment of that name installs."""
+    client = await Client.connect(endpoint)
+    for resource in await client.resources():
+        if is_ours(resource, name, architecture):
+            newest = newest_set(resource, complete_only=True)
+            return newest is not None and not set_holds(newest[1], sha256.lower())
+    return False

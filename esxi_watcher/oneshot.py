@@ -239,12 +239,14 @@ class OneShot:
                 artifact = build.run_build(
                     job_id=self.marker, template_dir=config.template_dir, command=config.command,
                     artifact_name=config.artifact, iso=self.request.iso, workdir=self.workdir,
-                    log_path=self.log_path, timeout=config.timeout, on_line=monitor.packer_line,
+                    log_path=self.log_path, timeout=config.timeout, build_config=config,
+                    on_line=monitor.packer_line,
                     on_start=self._started, stop_event=self.stop)
             except BuildFailed as error:
                 if self.stop.is_set():
                     raise Interrupted() from None
-                raise BuildFailed(monitor.explain(str(error))) from None
+                # The console is the guest's own text: an installer quoting its kickstart could show the password.
+                raise BuildFailed(redact(monitor.explain(str(error)))) from None
             finally:
                 ticker.stop()
         finally:

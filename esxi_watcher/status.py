@@ -34,9 +34,11 @@ def describe_wait(record: Registration) -> str:
 
 
 def registration_note(record: Registration) -> str | None:
-    """What a registration waits for or why it failed, in one line; None once registered."""
+    """What a registration waits for, why it failed or was removed, in one line; None once registered."""
     if record.state is Target.REGISTERED:
         return None
+    if record.state is Target.REMOVED:
+        return f"removed: {record.removal}" if record.removal else "removed"
     if record.state is Target.UPLOADING:
         return "uploading"
     if record.state is Target.FAILED:
@@ -88,7 +90,8 @@ def _registration_row(record: Registration) -> dict:
     return {"target": record.target, "state": record.state, "resource": record.resource,
             "resource_id": record.resource_id, "set_version": record.set_version, "attempts": record.attempts,
             "since": record.since, "next_try": record.next_try if record.next_try > time.time() else None,
-            "error": record.error, "note": registration_note(record), "updated": record.updated}
+            "error": record.error, "note": registration_note(record), "removed": record.removed,
+            "removal": record.removal, "kept": record.kept, "updated": record.updated}
 
 
 def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -> str:

@@ -90,7 +90,8 @@ def _registration_row(record: Registration) -> dict:
     return {"target": record.target, "state": record.state, "resource": record.resource,
             "resource_id": record.resource_id, "set_version": record.set_version, "attempts": record.attempts,
             "since": record.since, "next_try": record.next_try if record.next_try > time.time() else None,
-            "error": record.error, "note": registration_note(record), "removed": record.removed,
+            "error": record.error, "note": registration_note(record),
+            "created_resource": record.created_resource, "removed": record.removed,
             "removal": record.removal, "kept": record.kept, "updated": record.updated}
 
 
@@ -113,8 +114,8 @@ def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -
 
 def _job_line(job: Job, records: list[Registration], width: int) -> str:
     detail = records[0].resource if records else ""
-    if job.state is State.BUILT and len(records) == 1:
-        note = registration_note(records[0])
+    if job.state in (State.BUILT, State.REGISTERED) and len(records) == 1:
+        note = registration_note(records[0])  # registered: None, or why retention removed it
     elif job.state in ACTIVE_STATES:
         note = job.stage
     else:

@@ -48,7 +48,9 @@ def run_pass(context: Context, target: TargetConfig, slot: Slot) -> None:
     records = {record.job: record for record in context.store.registrations_on(target.name, (Target.REGISTERED,))}
     plans = retention.plan(_images(context, records.values()), target.keep)
     _clear_stale_notes(context, target, plans, records)
-    if not any(line_plan.older for line_plan in plans):
+    older = sum(len(line_plan.older) for line_plan in plans)
+    log.debug("retention.pass", target=target.name, keep=target.keep, lines=len(plans), older=older)
+    if not older:
         return
     try:
         api_key = maas.read_api_key(target.api_key_file)

@@ -197,3 +197,21 @@ def test_maas_away_during_the_pass_changes_nothing_and_the_next_pass_deletes(tmp
     _reload(daemon, config)
     daemon.wait_for_registration(old.name, TARGET, "removed", timeout=60)
     assert OLD not in _names(simulator)
+
+
+def test_an_image_added_to_a_resource_made_by_hand_under_its_name_is_never_deleted(tmp_path, simulator,
+                                                                                   daemon_factory):
+    """The name was in MAAS before our upload (an admin's resource): our set went into it, the
+    store records that we did not create it, and retention leaves the resource alone."""
+    _upload_by_hand(tmp_path, simulator, OLD)
+    config = write_config(tmp_path / "site", simulator, maas__keep=1)
+    daemon = daemon_factory(config)
+    old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
+    drop(old, daemon.drop_dir)
+    assert _registered(daemon, old)["created_resource"] is False
+    drop(new, daemon.drop_dir)
+    assert _registered(daemon, new)["created_resource"] is True
+    kept = wait_for(lambda: _registration(daemon, old)["kept"], 30, "the reason the older image is kept")
+    assert "was not created by esxi-watcher" in kept
+    [resource] = [r for r in simulator.resources() if r["name"] == OLD]
+    assert len(resource["sets"]) == 2 and not _events(daemon, "retention.deleted")

@@ -226,7 +226,7 @@ def test_registers_a_ddgz_image(simulator, artifact):
     (rfile,) = newest["files"].values()
     assert registration == maas.Registration(
         resource_id=resource["id"], name=NAME, architecture=ARCH, set_version=version, sha256=artifact.sha256,
-        uploaded=True)
+        uploaded=True, created_resource=True)
     assert newest["complete"] and rfile["complete"] and rfile["sha256"] == artifact.sha256
     assert rfile["filetype"] == "root-dd.gz" and resource["title"] == "VMware ESXi 8.0.2"
     assert simulator.file_bytes(NAME) == artifact.data
@@ -243,7 +243,7 @@ def test_the_same_bytes_under_the_same_name_again_change_nothing(simulator, arti
 
     again = register(simulator, artifact)
 
-    assert again == maas.Registration(**{**first.__dict__, "uploaded": False})
+    assert again == maas.Registration(**{**first.__dict__, "uploaded": False, "created_resource": False})
     later = simulator.requests[requests_before:]
     assert [r for r in later if r["method"] != "GET"] == []
     assert len(uploaded_resource(simulator)["sets"]) == 1

@@ -236,6 +236,17 @@ def test_registers_a_ddgz_image(simulator, artifact):
     assert sum(put["bytes"] for put in puts) == artifact.size
 
 
+def test_a_registration_says_whether_its_post_created_the_resource(simulator, artifact, other_artifact):
+    """Retention deletes only resources we made: the first upload creates the resource (and says
+    so at once, through on_created), a second image under that name only adds a set to it."""
+    created = []
+    first = register(simulator, artifact, on_created=created.append)
+    second = register(simulator, other_artifact, on_created=created.append)
+    assert first.created_resource and created == [first.resource_id]
+    assert not second.created_resource and second.uploaded and second.resource_id == first.resource_id
+    assert len(uploaded_resource(simulator)["sets"]) == 2
+
+
 @modes("3.8", "3.5", "3.4")
 def test_the_same_bytes_under_the_same_name_again_change_nothing(simulator, artifact):
     first = register(simulator, artifact)

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from esxi_watcher.retention import (Image, deployed_at, deployed_recently, judge, line_label, missing_sets,
-                                    plan, release_line, removal_text)
+from esxi_watcher.retention import (Image, deployed_at, deployed_recently, holds_complete, judge, line_label,
+                                    missing_sets, plan, release_line, removal_text)
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 DAY = 86400.0
@@ -136,3 +136,11 @@ def test_the_removal_text_names_what_went_and_what_stays():
     assert removal_text(old, 12, line, 1, "site-a") == (
         "deleted resource 12 (esxi/7.0.3-19482537 set 20260101): keep 1 of ESXi 7.0 on site-a, "
         "newer: esxi/7.0.3-21424296")
+
+
+def test_the_newest_counts_as_complete_only_if_maas_holds_its_set_complete():
+    new = image(2, set_version="20261201")
+    assert holds_complete(resource_of(new), new)
+    assert not holds_complete(None, new)  # deleted by hand: nothing older may go
+    assert not holds_complete(resource_of(new, extra_sets={"20261201": {"complete": False}}), new)
+    assert not holds_complete(dict(resource_of(new), name="esxi/other"), new)

@@ -65,9 +65,12 @@ def run_pass(context: Context, target: TargetConfig, slot: Slot) -> None:
             _run(context, _Pass(context, target, endpoint, plans, records))
         except asyncio.CancelledError:
             log.info("retention.interrupted", target=target.name)
-        except (MaasUnavailable, MaasError) as error:
+        except MaasUnavailable as error:
             log.warning("retention.waiting_for_maas", target=target.name, reason=redact(str(error)),
                         next_pass=round(PASS_INTERVAL))
+        except MaasError as error:  # the key may not delete (not an admin's), say: the next pass tries again
+            log.error("retention.refused", target=target.name, reason=redact(str(error)),
+                      next_pass=round(PASS_INTERVAL))
 
 
 def _images(context: Context, records) -> list[Image]:

@@ -215,3 +215,18 @@ def test_an_image_added_to_a_resource_made_by_hand_under_its_name_is_never_delet
     assert "was not created by esxi-watcher" in kept
     [resource] = [r for r in simulator.resources() if r["name"] == OLD]
     assert len(resource["sets"]) == 2 and not _events(daemon, "retention.deleted")
+
+
+def test_keep_2_of_three_dropped_at_once_removes_only_the_oldest_build(tmp_path, simulator, daemon_factory):
+    config = write_config(tmp_path / "site", simulator, maas__keep=2)
+    daemon = daemon_factory(config)
+    builds = (21424296, 19482537, 24022510)  # dropped out of order: newness is the build, not the drop
+    isos = [_iso(tmp_path, "7.0U3", build) for build in builds]
+    for iso in isos:
+        drop(iso, daemon.drop_dir)
+    for iso in isos:
+        _registered(daemon, iso)
+    removed = daemon.wait_for_registration(isos[1].name, TARGET, "removed", timeout=60)
+    assert removed["resource"] == OLD and "keep 2 of ESXi 7.0" in removed["removal"]
+    assert [_registration(daemon, iso)["state"] for iso in (isos[0], isos[2])] == ["registered"] * 2
+    assert _names(simulator) >= {NEW, "esxi/7.0.3-24022510"} and OLD not in _names(simulator)

@@ -5,6 +5,7 @@ hand, one MAAS reports recently deployed, or anything when keep is unset."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import signal
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -48,7 +49,6 @@ def _upload_by_hand(tmp_path: Path, simulator, name: str) -> None:
     """An admin's own image, uploaded outside the daemon (its store knows nothing of it)."""
     image = tmp_path / "by-hand.dd.gz"
     image.write_bytes(b"\x1f\x8b an image made by hand\n")
-    import hashlib
     digest = hashlib.sha256(image.read_bytes()).hexdigest()
     endpoint = maas.Endpoint(url=simulator.url, api_key=simulator.api_key)
     asyncio.run(maas.register_image(endpoint, name=name, title="by hand", architecture="amd64/generic",

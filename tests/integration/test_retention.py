@@ -230,3 +230,41 @@ def test_keep_2_of_three_dropped_at_once_removes_only_the_oldest_build(tmp_path,
     assert removed["resource"] == OLD and "keep 2 of ESXi 7.0" in removed["removal"]
     assert [_registration(daemon, iso)["state"] for iso in (isos[0], isos[2])] == ["registered"] * 2
     assert _names(simulator) >= {NEW, "esxi/7.0.3-24022510"} and OLD not in _names(simulator)
+
+
+def test_nothing_older_goes_while_the_newest_is_missing_from_maas(tmp_path, simulator, daemon_factory):
+    """An admin deleted the newest image by hand: the older one is all that is left, and stays."""
+    config = write_config(tmp_path / "site", simulator)
+    daemon = daemon_factory(config)
+    old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
+    for iso in (old, new):
+        drop(iso, daemon.drop_dir)
+        _registered(daemon, iso)
+    simulator.store.delete_resource(_registration(daemon, new)["resource_id"])
+    _reload(daemon, config, keep=1)
+    kept = wait_for(lambda: _registration(daemon, old)["kept"], 30, "the reason the older image is kept")
+    assert f"{NEW} (resource" in kept and "is not complete in MAAS" in kept
+    assert OLD in _names(simulator) and not _events(daemon, "retention.deleted")
+
+
+def test_only_the_target_with_keep_deletes(tmp_path, simulator, daemon_factory):
+    from tests.maas_simulator import MaasSimulator
+
+    with MaasSimulator(tmp_path / "maas-b", mode="3.8") as site_b:
+        config = write_config(tmp_path / "site", simulator)
+        document = yaml.safe_load(config.read_text())
+        key_b = tmp_path / "site" / "site-b.key"
+        key_b.write_text(site_b.api_key + "\n")
+        key_b.chmod(0o600)
+        document["maas"] = [{**document["maas"], "name": "site-a", "keep": 1},
+                            {"name": "site-b", "url": site_b.url, "api_key_file": str(key_b)}]
+        config.write_text(yaml.safe_dump(document))
+        daemon = daemon_factory(config)
+        old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
+        for iso in (old, new):
+            drop(iso, daemon.drop_dir)
+            daemon.wait_for_state(iso.name, "registered", timeout=90)
+        daemon.wait_for_registration(old.name, "site-a", "removed", timeout=60)
+        assert OLD not in _names(simulator) and _names(site_b) >= {OLD, NEW}
+        assert daemon.wait_for_registration(old.name, "site-b", "registered")["kept"] is None
+        assert daemon.job_for(old.name)["state"] == "registered"

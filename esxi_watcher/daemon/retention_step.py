@@ -45,6 +45,11 @@ def due_in(context: Context, target: TargetConfig) -> float | None:
 def run_pass(context: Context, target: TargetConfig, slot: Slot) -> None:
     """One retention pass on the target; the next is due PASS_INTERVAL from now."""
     context.retention_next[target.name] = time.time() + PASS_INTERVAL
+    # Read the target's settings after that: a reload swaps the config, then makes every pass due,
+    # so a pass that began with the old settings is followed by one with the new.
+    target = context.config.target(target.name)
+    if target is None or target.keep is None:
+        return
     records = {record.job: record for record in context.store.registrations_on(target.name, (Target.REGISTERED,))}
     plans = retention.plan(_images(context, records.values()), target.keep)
     _clear_stale_notes(context, target, plans, records)

@@ -34,10 +34,12 @@ def describe_wait(record: Registration) -> str:
 
 
 def registration_note(record: Registration, job_stage: str | None = None) -> str | None:
-    """What a registration waits for or why it failed, in one line; None once registered. An upload
-    shows how far it is when the job's stage tells (the register step records it every few %)."""
+    """What a registration waits for, why it failed or was removed, in one line; None once registered.
+    An upload shows how far it is when the job's stage tells (the register step records it every few %)."""
     if record.state is Target.REGISTERED:
         return None
+    if record.state is Target.REMOVED:
+        return f"removed: {record.removal}" if record.removal else "removed"
     if record.state is Target.UPLOADING:
         return upload_note(record, job_stage)
     if record.state is Target.FAILED:
@@ -98,7 +100,9 @@ def _registration_row(record: Registration, job_stage: str | None) -> dict:
     return {"target": record.target, "state": record.state, "resource": record.resource,
             "resource_id": record.resource_id, "set_version": record.set_version, "attempts": record.attempts,
             "since": record.since, "next_try": record.next_try if record.next_try > time.time() else None,
-            "error": record.error, "note": registration_note(record, job_stage), "updated": record.updated}
+            "error": record.error, "note": registration_note(record, job_stage),
+            "created_resource": record.created_resource, "removed": record.removed,
+            "removal": record.removal, "kept": record.kept, "updated": record.updated}
 
 
 def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -> str:
@@ -120,8 +124,8 @@ def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -
 
 def _job_line(job: Job, records: list[Registration], width: int) -> str:
     detail = records[0].resource if records else ""
-    if job.state is State.BUILT and len(records) == 1:
-        note = registration_note(records[0], job.stage)
+    if job.state in (State.BUILT, State.REGISTERED) and len(records) == 1:
+        note = registration_note(records[0], job.stage)  # registered: None, or why retention removed it
     elif job.state in ACTIVE_STATES:
         note = job.stage
     else:

@@ -280,6 +280,8 @@ class Daemon:
         if self.context is None:
             return
         self.context.config = new
+        self.context.retention_next.clear()  # maas.keep may have changed: every target's pass is due
+        self.context.store.changes.notify()  # wake the registrars to run it
         self._sync_registrars()
         targets.plan_all(self.context)
         self.setup_problems = self._setup_problems()

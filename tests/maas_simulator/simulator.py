@@ -149,6 +149,12 @@ class MaasSimulator:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    # -- what machines do ------------------------------------------------------------------
+    def mark_deployed(self, name: str, when=None, architecture: str = "amd64/generic") -> int:
+        """A machine deployed `name` on `architecture` at `when` (an aware datetime, default now):
+        the boot resources of that name report it as last_deployed. Return how many were marked."""
+        return self.store.mark_deployed(name, architecture, when or self.store.clock())
+
     # -- inspection ------------------------------------------------------------------------
     def log_request(self, method: str, path: str, query: str, status, bytes_in: int) -> None:
         if path.startswith("/MAAS/_sim/"):

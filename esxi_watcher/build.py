@@ -16,10 +16,13 @@ Which failures are worth retrying (BuildFailed.transient):
   exit (template, kickstart, missing tools: the operator must act); "Output directory exists"
   (each attempt builds in a fresh copy, so it means the command builds outside the copy, e.g. a
   configured command pointing at the checkout; it stays until someone cleans up); an artifact
-  missing or not a complete gzip after exit 0; a template folder with nothing to build.
+  missing or not a complete gzip after exit 0; a template folder with nothing to build; kickstart
+  settings that cannot be used (BadKickstartSettings, see kickstart.py), found before any command
+  runs.
 
-Over 400 lines on purpose: the work copy, the command of each template generation, the run, the
-reasons a build failed and the artifact check are the steps of one build and change together.
+Over 400 lines on purpose: the work copy, the command of each template generation (with the
+template's own timeout), the build's environment, the run, the reasons a build failed and the
+artifact check are the steps of one build and change together.
 """
 
 from __future__ import annotations
@@ -27,21 +30,27 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
 import threading
 import time
 import zlib
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import structlog
 
-from esxi_watcher import procfs
+from esxi_watcher import kickstart, procfs
 from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, BuildStopped
 from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
+from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.process import CommandResult, run_command
+
+if TYPE_CHECKING:
+    from esxi_watcher.config import BuildConfig
 
 log = structlog.get_logger(__name__)
 
@@ -92,6 +101,7 @@ def prepare_workdir(template_dir: Path, workdir: Path, *,
         return is_build_leftover(name, artifact_name)
 
     workdir.mkdir(parents=True, exist_ok=True)
+    workdir.chmod(0o700)  # the copy may hold the root password (see kickstart)
     try:
         for original, copy in pairs:
             if os.path.lexists(copy):
@@ -140,30 +150,39 @@ def _link_text_for_copy(link: Path, roots: tuple[Path, ...]) -> str:
 
 
 def build_commands(template_copy: Path, iso: Path, command: tuple[str, ...] | None,
-                   workdir: Path) -> list[list[str]]:
+                   workdir: Path, timeout: float | None = None) -> list[list[str]]:
     """Given the template copy and the ISO, return the argv lists that build the image, in order.
 
     A configured command gets its {iso} and {workdir} placeholders filled in. Otherwise the
     folder's contents choose: Makefile -> make; *.pkr.hcl -> packer init + packer build;
-    *.json -> packer build. Only looks at which files exist; runs nothing.
+    *.json -> packer build. Given the build's timeout, the template's own one (Packer's
+    shutdown_timeout: TIMEOUT= of the Makefile, a declared `timeout` variable) is set just under it
+    (see packer_timeout). Only looks at which files exist; runs nothing.
     """
     iso_path = os.path.abspath(iso)
     if command:
         return [[arg.replace("{iso}", iso_path).replace("{workdir}", os.path.abspath(workdir))
                  for arg in command]]
     iso_variable = f"vmware_esxi_iso_path={iso_path}"
+    shutdown = None if timeout is None else packer_timeout(timeout)
     if (template_copy / "Makefile").is_file():
-        return [["make", f"ISO={iso_path}"]]
+        return [["make", f"ISO={iso_path}", *([f"TIMEOUT={shutdown}"] if shutdown else [])]]
     hcl_files = sorted(path.name for path in template_copy.glob("*.pkr.hcl"))
     if hcl_files:
         # Packer reads every *.pkr.hcl of a folder as one configuration.
         target = hcl_files[0] if len(hcl_files) == 1 else "."
-        return [["packer", "init", "."], ["packer", "build", "-var", iso_variable, target]]
+        variables = ["-var", iso_variable]
+        if shutdown and _declares_timeout(template_copy / name for name in hcl_files):
+            variables += ["-var", f"timeout={shutdown}"]
+        return [["packer", "init", "."], ["packer", "build", *variables, target]]
     json_files = sorted(path.name for path in template_copy.glob("*.json"))
     if len(json_files) > 1 and "vmware-esxi.json" in json_files:
         json_files = ["vmware-esxi.json"]
     if len(json_files) == 1:
-        return [["packer", "build", "-var", iso_variable, json_files[0]]]
+        variables = ["-var", iso_variable]
+        if shutdown and _json_declares_timeout(template_copy / json_files[0]):
+            variables += ["-var", f"timeout={shutdown}"]
+        return [["packer", "build", *variables, json_files[0]]]
     if json_files:
         raise BuildFailed(f"template folder {template_copy.name} holds several Packer JSON "
                           f"templates ({', '.join(json_files)}) and no Makefile: set build.command")
@@ -172,8 +191,70 @@ def build_commands(template_copy: Path, iso: Path, command: tuple[str, ...] | No
                       f"folder or set build.command")
 
 
+def packer_timeout(timeout: float) -> str:
+    """Given build.timeout (seconds), return Packer's shutdown timeout for the template, in Packer's
+    duration syntax: 90 % of it, in whole seconds (at least 1 s).
+
+    Under the daemon's limit on purpose: Packer's own timeout then fires first and ends the build
+    with its own error ("Failed to shutdown", see exit_summary) and its clean-up of qemu, instead
+    of the daemon killing the whole group; the other 10 % (12 min of the default 2 h) is for the
+    steps before the install (pip, usb.img, packer init, the boot).
+    """
+    return f"{max(int(timeout * 0.9), 1)}s"
+
+
+_HCL_TIMEOUT_VARIABLE = re.compile(r'^\s*variable\s+"timeout"', re.MULTILINE)
+
+
+def _declares_timeout(hcl_files) -> bool:
+    """Given *.pkr.hcl files, return whether one declares `variable "timeout"` (Packer refuses a
+    -var it does not declare)."""
+    for path in hcl_files:
+        try:
+            if _HCL_TIMEOUT_VARIABLE.search(path.read_text(errors="replace")):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _json_declares_timeout(path: Path) -> bool:
+    """Given a Packer JSON template, return whether its "variables" declare "timeout"."""
+    try:
+        document = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return False
+    variables = document.get("variables") if isinstance(document, dict) else None
+    return isinstance(variables, dict) and "timeout" in variables
+
+
+def build_environment(job_id: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Given the job's marker and build.environment, return the variables the build commands get.
+
+    Ours (the job marker the host clean-up finds builds by, BUILD_ENVIRONMENT) win; config refuses
+    those names. The password of a proxy URL with credentials (http://user:pass@host) is registered
+    as a secret.
+    """
+    for value in (extra or {}).values():
+        register_url_credentials(value)
+    return {**(extra or {}), **BUILD_ENVIRONMENT, JOB_ENVIRONMENT_VARIABLE: job_id}
+
+
+def register_url_credentials(value: str) -> None:
+    """Given a variable's value, register the credentials of any URL in it (user:password@) as secrets."""
+    for userinfo in _URL_CREDENTIALS.findall(value):
+        add_secret(f"://{userinfo}@")  # long enough to be masked even when the password is short
+        _, _, password = userinfo.partition(":")
+        if password:
+            add_secret(password)
+
+
+_URL_CREDENTIALS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/@\s]+)@")
+
+
 def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | None,
               artifact_name: str, iso: Path, workdir: Path, log_path: Path, timeout: float,
+              build_config: BuildConfig | None = None,
               on_line: Callable[[str], None] | None = None,
               on_start: Callable[[int], None] | None = None,
               stop_event: threading.Event | None = None,
@@ -181,14 +262,18 @@ def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | Non
     """Given a job and its ISO, build the image in a copy of the template; return the artifact.
     on_command gets each argv list as it starts (the job's provenance records them).
 
-    Raises BuildFailed (BuildStopped when stop_event was set) with a reason for the operator.
+    build_config (config.build) brings the kickstart settings, put into the copy before anything
+    runs, and build.environment. Raises BuildFailed (BuildStopped when stop_event was set) with a
+    reason for the operator; BadKickstartSettings before any command runs.
     """
     if not Path(iso).is_file():
         raise BuildFailed(f"the ISO {iso} is gone")
     template_copy = prepare_workdir(template_dir, workdir, artifact_name=artifact_name)
-    commands = build_commands(template_copy, iso, command, workdir)
+    if build_config is not None:
+        _note_in_log(log_path, kickstart.apply_settings(template_copy, build_config))
+    commands = build_commands(template_copy, iso, command, workdir, timeout)
     # The marker in every build process's environment: the host clean-up finds them by it.
-    environment = {**BUILD_ENVIRONMENT, JOB_ENVIRONMENT_VARIABLE: job_id}
+    environment = build_environment(job_id, build_config.environment if build_config else None)
     deadline = time.monotonic() + timeout
     log.info("build.started", job=job_id, iso=Path(iso).name, workdir=str(workdir),
              commands=len(commands))
@@ -207,6 +292,17 @@ def run_build(*, job_id: str, template_dir: Path, command: tuple[str, ...] | Non
     log.info("build.finished", job=job_id, artifact=str(artifact),
              size=artifact.stat().st_size)
     return artifact
+
+
+def _note_in_log(log_path: Path, notes: Sequence[str]) -> None:
+    """Write what esxi-watcher did to the work copy into the job's log, as its own `===` lines."""
+    if not notes:
+        return
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        for note in notes:
+            log_file.write(f"=== {stamp} {redact(note)}\n")
 
 
 def _run_step(argv: list[str], cwd: Path, log_path: Path, deadline: float,
@@ -230,13 +326,30 @@ def _check_step(argv: list[str], result: CommandResult, timeout: float, log_path
         raise BuildFailed(_reason(f"build timed out after {format_duration(timeout)} and was "
                                   f"killed during {step}", result.last_lines, log_path))
     if result.returncode != 0:
-        summary = f"{step} exited {result.returncode}"
-        if result.returncode < 0:
-            summary = f"{step} was killed by signal {-result.returncode}"
+        summary = exit_summary(step, result.returncode, result.last_lines)
         if is_out_of_space(result.last_lines):
             raise BuildOutOfSpace(_reason(summary, result.last_lines, log_path))
         raise BuildFailed(_reason(summary, result.last_lines, log_path),
                           transient=is_transient(result.last_lines))
+
+
+def exit_summary(step: str, returncode: int, lines: Sequence[str]) -> str:
+    """Given a build command that failed and its last lines, return the first line of its reason;
+    Packer's own shutdown timeout (see packer_timeout) is said in words."""
+    summary = f"{step} exited {returncode}"
+    if returncode < 0:
+        summary = f"{step} was killed by signal {-returncode}"
+    if any(marker in line.lower() for line in lines for marker in _PACKER_SHUTDOWN_TIMEOUT):
+        summary += (": the VM did not shut down within Packer's shutdown timeout (90% of "
+                    "build.timeout): the installer hung or stopped (a kickstart it refused, a "
+                    "boot_command that missed, a host too slow)")
+    return summary
+
+
+# What Packer's qemu builder says when shutdown_timeout passes: "Failed to shutdown" with
+# communicator "none" (packer-maas's case: the plugin's step_shutdown.go, v1.1.0-1.1.1 and Debian's
+# packer 1.6.6), the other with a shutdown command.
+_PACKER_SHUTDOWN_TIMEOUT = ("failed to shutdown", "timeout while waiting for machine to shut down")
 
 
 def is_transient(lines: Sequence[str]) -> bool:

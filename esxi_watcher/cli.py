@@ -1,7 +1,8 @@
-"""Command-line entry points: run, inspect, status, logs, retry, forget, show, rebuild, doctor,
+"""Command-line entry points: run, inspect, status, logs, retry, forget, show, rebuild, build, doctor,
 config-example.
 
-Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job).
+Exit codes: 0 fine, 1 a failure while working, 2 bad input (bad config, not an ESXi ISO, no such job),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from esxi_watcher.errors import EsxiWatcherError, StoreLocked, StoreNotADatabase
 # What the operator can do about a store the commands cannot use (they never repair it themselves).
 _STORE_ADVICE = {StoreLocked: "try again", StoreNotADatabase: "the daemon moves it aside when it starts"}
 CLI_STORE_TIMEOUT = 5.0
+COMPLETION_STORE_TIMEOUT = 0.5  # a shell completing a job id must not hang on a locked store
 
 
 STATUS_FINISHED_SHOWN = 50  # finished jobs `status` shows without --all
@@ -42,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--all", action="store_true",
                         help=f"every job; without it, jobs at work and the newest {STATUS_FINISHED_SHOWN} finished")
+    # For the shell's completion (completions/esxi-watcher): words one a line, nothing on any error.
+    status.add_argument("--ids", action="store_true", help=argparse.SUPPRESS)
+    status.add_argument("--targets", action="store_true", help=argparse.SUPPRESS)
     logs = commands.add_parser("logs", help="print a job's build log")
     logs.add_argument("job", type=int)
     retry = commands.add_parser("retry", help="try a failed job again (e.g. after fixing the API key)")
@@ -58,7 +63,16 @@ def _parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser("rebuild", help="build a registered job's ISO again with today's template "
                                                   "and kickstart (a new job; the daemon builds and registers it)")
     rebuild.add_argument("job", type=int)
-    commands.add_parser("doctor", help="check the configuration, template, packer, KVM and MAAS")
+    one_shot = commands.add_parser("build", help="build (and register) one ISO in the foreground, without the daemon")
+    one_shot.add_argument("iso", type=Path)
+    one_shot.add_argument("--target", metavar="NAME", help="register on this MAAS target only (default: every target)")
+    one_shot.add_argument("--no-register", action="store_true", help="keep the image as a file instead")
+    one_shot.add_argument("--output", type=Path, metavar="PATH",
+                          help="with --no-register: where the image goes (default: ./<MAAS name>.dd.gz, "
+                               "with - for /); an existing file is never overwritten")
+    doctor = commands.add_parser("doctor", help="check the host, the template, packer, KVM and each MAAS target "
+                                                "(exit 1 on any FAIL)")
+    doctor.add_argument("--json", action="store_true", help="a list of {name, status, detail, fix}")
     commands.add_parser("config-example", help="print an example configuration with every key")
     return parser
 
@@ -83,7 +97,7 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return _inspect(arguments.iso, arguments.json)
     config = load_config(arguments.config)
     handlers = {"run": _run, "status": _status, "logs": _logs, "retry": _retry, "forget": _forget,
-                "doctor": _doctor, "show": _show, "rebuild": _rebuild}
+                "doctor": _doctor, "build": _build, "show": _show, "rebuild": _rebuild}
     return handlers[arguments.command](config, arguments)
 
 
@@ -129,6 +143,8 @@ def _job(store, job_id: int):
 def _status(config: Config, arguments: argparse.Namespace) -> int:
     from esxi_watcher.status import job_rows, job_table
 
+    if arguments.ids or arguments.targets:
+        return _completion_words(config, arguments.targets)
     if not config.db_path.exists():
         print("[]" if arguments.json else "no jobs yet")
         return 0
@@ -144,6 +160,23 @@ def _status(config: Config, arguments: argparse.Namespace) -> int:
     print(job_table(jobs, registrations))
     if older:
         print(f"({older} older finished jobs not shown: `esxi-watcher status --all`)")
+    return 0
+
+
+def _completion_words(config: Config, targets: bool) -> int:
+    """Given a config, print its target names or the ids of the jobs `status` lists, one a line;
+    print nothing when the store is missing, locked or damaged (the shell is completing a word)."""
+    from esxi_watcher.store import JobStore
+
+    words = [target.name for target in config.targets] if targets else []
+    try:
+        if not targets and config.db_path.exists():  # exists() raises for a user who may not look
+            store = JobStore(config.db_path, timeout=COMPLETION_STORE_TIMEOUT)
+            words = [str(job.id) for job in store.jobs_to_show(finished=STATUS_FINISHED_SHOWN)[0]]
+            store.close()
+    except (EsxiWatcherError, OSError):
+        pass
+    sys.stdout.write("".join(f"{word}\n" for word in words))
     return 0
 
 
@@ -208,11 +241,26 @@ def _forget(config: Config, arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _doctor(config: Config, arguments: argparse.Namespace) -> int:
-    from esxi_watcher.doctor import run_checks
+def _build(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher import oneshot
 
-    problems = 0
-    for ok, line in run_checks(config):
-        print(("ok    " if ok else "FAIL  ") + line)
-        problems += not ok
-    return 1 if problems else 0
+    if arguments.output is not None and not arguments.no_register:
+        raise UsageError("--output goes with --no-register (a registered image is not kept)")
+    request = oneshot.Request(iso=arguments.iso, target=arguments.target, register=not arguments.no_register,
+                              output=arguments.output)
+    return oneshot.run(config, request)
+
+
+def _doctor(config: Config, arguments: argparse.Namespace) -> int:
+    from esxi_watcher.doctor import exit_code, run_checks
+    from esxi_watcher.logs import configure_command_logging
+
+    configure_command_logging()
+    checks = []
+    for check in run_checks(config):
+        checks.append(check)
+        if not arguments.json:
+            print(check.line(), flush=True)
+    if arguments.json:
+        print(json.dumps([check.to_dict() for check in checks], indent=2))
+    return exit_code(checks)

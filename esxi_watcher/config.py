@@ -102,7 +102,18 @@ def parse_environment(value: Any) -> dict[str, str]:
             raise ValueError(f"{name!r} is not an environment variable name")
         if not isinstance(text, str):
             raise ValueError(f"the value of {name} must be a string (quote numbers)")
+        if name in reserved_environment():
+            raise ValueError(f"{name} is set by esxi-watcher itself for every build and cannot be "
+                             f"changed here")
     return dict(value)
+
+
+def reserved_environment() -> set[str]:
+    """The build variables esxi-watcher sets itself: the job marker, BUILD_ENVIRONMENT, the locale."""
+    from esxi_watcher.build import BUILD_ENVIRONMENT
+    from esxi_watcher.host import JOB_ENVIRONMENT_VARIABLE
+
+    return {JOB_ENVIRONMENT_VARIABLE, *BUILD_ENVIRONMENT, "LANG", "LC_ALL"}
 
 
 def parse_text(value: Any) -> str:
@@ -207,22 +218,31 @@ OPTIONS: tuple[Option, ...] = (
            "Where the template writes the VM's serial console (relative to the template folder). "
            "Read while the build runs for its progress and installer errors; a missing file is fine."),
     Option("build.timeout", parse_duration, "2h",
-           "A build still running after this long is killed (its whole process group)."),
+           "A build still running after this long is killed (its whole process group). The "
+           "template's own timeout (Packer's shutdown_timeout: make TIMEOUT=, a template's timeout "
+           "variable) is set to 90% of it, so Packer's own error comes first."),
     Option("build.retries", parse_count, 1,
            "How many more times a build that failed in a way that may be transient is tried."),
+    Option("build.lock_file", parse_path, "/run/lock/esxi-watcher-build.lock",
+           "Builds take an flock on this file, one at a time on the host: the daemon's and "
+           "`esxi-watcher build`'s alike (a build needs the host's KVM, memory and nbd devices). "
+           "Daemons with other state dirs on the same host must name the same file."),
     Option("build.kickstart", parse_optional_path, None,
            "A kickstart file that replaces the template's own (KS.CFG, or http/vmware-esxi-ks.cfg in "
            "older templates) in each job's work copy. Left empty, the template's kickstart is used.",
            "/etc/esxi-watcher/ks.cfg"),
     Option("build.root_password_file", parse_optional_path, None,
            "A root-only file (mode 0600 or stricter) holding the root password the images get, in "
-           "place of packer-maas's default password123!: plain text, checked against ESXi's password "
-           "rules before the build, or a crypt hash ($6$...) written as `rootpw --iscrypted`.",
+           "place of packer-maas's default password123!, put in every place of the work copy that "
+           "carries it: plain text, checked against ESXi's password rules before the build, or a "
+           "crypt hash ($6$...) written as `rootpw --iscrypted` (the vCenter registration then gets "
+           "no password).",
            "/etc/esxi-watcher/root-password"),
     Option("build.environment", parse_environment, {},
            "Extra environment variables for the build commands: proxies (https_proxy, no_proxy), "
            "PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, PACKER_PLUGIN_PATH (see the README's "
-           "offline MAAS host recipe)."),
+           "offline MAAS host recipe). A proxy URL's password is masked in logs. ESXI_WATCHER_JOB, "
+           "PACKER_NO_COLOR, CHECKPOINT_DISABLE, LANG and LC_ALL are esxi-watcher's own."),
     Option("maas.name", parse_target_name, "default",
            "The target's name, as status, logs, banners and `esxi-watcher retry JOB --target NAME` "
            "show it. `maas:` is one MAAS (this mapping) or a list of targets, each a mapping with "
@@ -303,6 +323,7 @@ class BuildConfig:
     kickstart: Path | None = None
     root_password_file: Path | None = None
     environment: dict[str, str] = dataclasses.field(default_factory=dict)
+    lock_file: Path = Path("/run/lock/esxi-watcher-build.lock")
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,18 @@ class BuildStopped(BuildFailed):
         super().__init__(reason, transient=True)
 
 
+class BadKickstartSettings(BuildFailed):
+    """build.kickstart or build.root_password_file cannot be used (an unreadable or open file, a
+    password ESXi refuses, a template with no place for it): the job fails before Packer starts."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, transient=False)
+
+
+class BuildLockUnavailable(EsxiWatcherError):
+    """The host's build lock file (build.lock_file) cannot be opened."""
+
+
 class MaasError(EsxiWatcherError):
     """MAAS refused the image for a reason retrying will not fix."""
 

@@ -20,6 +20,7 @@ from esxi_watcher import checksums, outcomes, provenance
 from esxi_watcher.config import BuildConfig, TargetConfig
 from esxi_watcher.iso import IsoFacts, inspect_iso
 from esxi_watcher.naming import distinct_name, resource_name
+from esxi_watcher.progress import human_size
 from esxi_watcher.store import Job, JobConflict, JobStore, State, Step
 from esxi_watcher.watch import file_identity
 
@@ -35,15 +36,6 @@ class Changed(Exception):
 @dataclass(frozen=True)
 class Refusal:
     reason: str
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 def precheck(status: os.stat_result, max_size: int) -> Refusal | None:

@@ -75,10 +75,10 @@ class _ToStructlog(logging.Handler):
             self.handleError(record)
 
 
-def configure_logging(format: str = "console", level: str = "info") -> None:
-    """Send structlog and stdlib logging to stdout as one line per event."""
+def configure_logging(format: str = "console", level: str = "info", stream: Any = None) -> None:
+    """Send structlog and stdlib logging to stdout (or stream) as one line per event."""
     numeric_level = getattr(logging, level.upper())
-    journal = stdout_is_journal()
+    journal = stream is None and stdout_is_journal()
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -96,9 +96,20 @@ def configure_logging(format: str = "console", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
     root.handlers[:] = [_ToStructlog()]
     root.setLevel(max(numeric_level, logging.INFO))
+
+
+def configure_command_logging() -> None:
+    """For a command whose stdout is its answer (doctor --json): only errors are logged, to stderr."""
+    structlog.configure(
+        processors=[structlog.stdlib.add_log_level, _mask_secrets, structlog.processors.KeyValueRenderer(
+            key_order=["level", "event"], drop_missing=True)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -219,3 +219,147 @@ class BuildMonitor:
         if console:
             parts.append("serial console, last lines:\n" + "\n".join(console))
         return "\n".join(parts)
+
+
+# ----- one job's progress, as the status line, `status` and the one-shot bar show it -----------
+
+UPLOAD_RECORD_STEP = 0.05  # the store gets the upload's percentage every 5 % ...
+UPLOAD_RECORD_EVERY = 5.0  # ... or every 5 s, whichever comes first: never per chunk
+ETA_AFTER = 0.02  # no ETA until this much is sent (the first chunk says little about the speed)
+
+
+def human_size(size: float) -> str:
+    """Given a number of bytes, return it for people: '512 B', '1.2 GiB'."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+def minutes(seconds: float) -> str:
+    """Given a duration, return it in whole minutes as the status line shows it: '12 min'."""
+    return f"{int(max(seconds, 0) // 60)} min"
+
+
+def eta(seconds: float) -> str:
+    """Given the seconds left, return them for people: '40 s', '3 min', '1 h 05 min'."""
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{(seconds + 59) // 60} min"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60:02d} min"
+
+
+def build_note(stage: str, elapsed: float) -> str:
+    """Given a build's stage and the seconds since it started, return '12 min, installing' (what
+    `status` shows of a build)."""
+    return f"{minutes(elapsed)}, {stage}"
+
+
+def building_text(subject: str, stage: str, elapsed: float) -> str:
+    """Given what is built, its stage and the seconds since it started, return
+    'building X (12 min, installing)'."""
+    return f"building {subject} ({build_note(stage, elapsed)})"
+
+
+def uploading_text(resource: str, target: str, fraction: float | None, size: int | None,
+                   elapsed: float) -> str:
+    """Given an upload's resource, target, fraction sent (None: not started), size in bytes and the
+    seconds since it started, return 'uploading X to site-a: 45% (1.2 GiB of 2.6 GiB, ETA 1 min)'."""
+    text = f"uploading {resource} to {target}"
+    if fraction is None:
+        return text
+    text += f": {int(fraction * 100)}%"
+    details = []
+    if size:
+        details.append(f"{human_size(fraction * size)} of {human_size(size)}")
+    if ETA_AFTER <= fraction < 1 and elapsed > 0:
+        details.append(f"ETA {eta(elapsed * (1 - fraction) / fraction)}")
+    return text + (f" ({', '.join(details)})" if details else "")
+
+
+class JobProgress:
+    """Where one job is: its build's stage and elapsed time, then each upload's share sent.
+
+    The one source of the text the systemd status line, the store's `stage` column (what `status`
+    shows) and the one-shot's progress bar show. Pure: times are given, nothing is read or run.
+    """
+
+    def __init__(self, subject: str, now: float) -> None:
+        self.subject = subject  # the ISO's name without .iso
+        self.build_started = now
+        self.stage = STAGES[0]
+        self.stage_started = now
+        self.resource: str | None = None
+        self.target: str | None = None
+        self.fraction: float | None = None
+        self.size: int | None = None
+        self.upload_started: float | None = None
+        self._recorded: tuple[float, float] | None = None  # (fraction, time) last given to the store
+
+    def build_stage(self, stage: str, now: float) -> bool:
+        """Note the build's stage; return whether it changed."""
+        if stage == self.stage:
+            return False
+        self.stage, self.stage_started = stage, now
+        return True
+
+    def upload_begins(self, resource: str, target: str, size: int | None, now: float) -> None:
+        self.resource, self.target, self.size = resource, target, size
+        self.fraction, self.upload_started, self._recorded = None, now, None
+
+    def uploaded(self, fraction: float, now: float) -> None:
+        """Note the share of the image MAAS acknowledged (from 0 again when an upload starts over)."""
+        if self.fraction is not None and fraction < self.fraction:
+            self.upload_started, self._recorded = now, None
+        self.fraction = min(max(fraction, 0.0), 1.0)
+
+    def note(self, now: float) -> str:
+        """What the store's `stage` column holds for `status`: the build's stage and elapsed
+        minutes, or the upload's text."""
+        return self.text(now) if self.uploading else build_note(self.stage, now - self.build_started)
+
+    @property
+    def uploading(self) -> bool:
+        return self.upload_started is not None
+
+    def text(self, now: float) -> str:
+        """What the job does now, in one line."""
+        if self.uploading:
+            return uploading_text(self.resource or self.subject, self.target or "MAAS", self.fraction, self.size,
+                                  now - self.upload_started)
+        return building_text(self.subject, self.stage, now - self.build_started)
+
+    def upload_due(self, now: float, step: float = UPLOAD_RECORD_STEP, every: float = UPLOAD_RECORD_EVERY) -> bool:
+        """Whether the upload moved enough (a step, or for `every` seconds) to be recorded again;
+        when it did, it counts as recorded now."""
+        if self.fraction is None:
+            return False
+        last = self._recorded
+        if last is not None:
+            moved = self.fraction - last[0]
+            if moved == 0 or (self.fraction < 1 and moved < step - 1e-9 and now - last[1] < every):
+                return False
+        self._recorded = (self.fraction, now)
+        return True
+
+
+def clock(seconds: float) -> str:
+    """Given a duration, return it as a clock shows it: '4:05', '1:02:03'."""
+    seconds = max(int(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def bar_line(progress: JobProgress, now: float, width: int = 20) -> str:
+    """Given a job's progress, return the one-shot's terminal line: the time since it started and
+    what it does (an upload with a bar of its share sent)."""
+    line = f"[{clock(now - progress.build_started)}] "
+    if progress.uploading and progress.fraction is not None:
+        filled = int(progress.fraction * width)
+        line += f"[{'#' * filled}{'.' * (width - filled)}] "
+    return line + progress.text(now)

@@ -43,6 +43,9 @@ def _failed_targets(store: JobStore, job: Job, target: str | None) -> list[str]:
     if record is None:
         known = ", ".join(record.target for record in records) or "none yet"
         raise NotRetryable(f"job {job.id} has no registration on target {target} (its targets: {known})")
+    if record.state is Target.REMOVED:
+        raise NotRetryable(f"job {job.id} was removed from target {target} by retention (maas.keep): "
+                           f"{record.removal or 'no reason recorded'}")
     if record.state is not Target.FAILED:
         raise NotRetryable(f"job {job.id} is {record.state} on target {target}, not failed: nothing to retry")
     return [target]

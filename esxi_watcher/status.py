@@ -33,12 +33,15 @@ def describe_wait(record: Registration) -> str:
     return f"since {time.strftime(shown, time.localtime(record.since))}, {tries}: {reason}"
 
 
-def registration_note(record: Registration) -> str | None:
-    """What a registration waits for or why it failed, in one line; None once registered."""
+def registration_note(record: Registration, job_stage: str | None = None) -> str | None:
+    """What a registration waits for, why it failed or was removed, in one line; None once registered.
+    An upload shows how far it is when the job's stage tells (the register step records it every few %)."""
     if record.state is Target.REGISTERED:
         return None
+    if record.state is Target.REMOVED:
+        return f"removed: {record.removal}" if record.removal else "removed"
     if record.state is Target.UPLOADING:
-        return "uploading"
+        return upload_note(record, job_stage)
     if record.state is Target.FAILED:
         return f"failed: {record.error}"
     if record.since is not None:
@@ -46,10 +49,19 @@ def registration_note(record: Registration) -> str | None:
     return record.error or "waiting for its image"
 
 
-def _notes(records: list[Registration], named: bool) -> list[str]:
+def upload_note(record: Registration, job_stage: str | None) -> str:
+    """Given an uploading registration and its job's stage, return 'uploading 45% (1.2 GiB of
+    2.6 GiB, ETA 1 min)', or 'uploading' when the stage is not this upload's."""
+    prefix = f"uploading {record.resource} to {record.target}: "
+    if job_stage and job_stage.startswith(prefix):
+        return "uploading " + job_stage[len(prefix):]
+    return "uploading"
+
+
+def _notes(records: list[Registration], named: bool, job_stage: str | None = None) -> list[str]:
     notes = []
     for record in records:
-        note = registration_note(record)
+        note = registration_note(record, job_stage)
         if note:
             notes.append(f"{record.target}: {note}" if named else note)
     return notes
@@ -68,7 +80,7 @@ def job_rows(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) ->
         first = records[0] if records else None
         stage, error = job.stage, job.error
         if job.state is State.BUILT and records:
-            stage = "; ".join(_notes(records, named=len(records) > 1)) or stage
+            stage = "; ".join(_notes(records, named=len(records) > 1, job_stage=job.stage)) or stage
             error = "; ".join(f"{r.target}: {r.error}" for r in records if r.error) or None
         rows.append({
             "id": job.id, "iso": job.iso, "iso_path": job.iso_path, "sha256": job.sha256,
@@ -79,16 +91,18 @@ def job_rows(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) ->
             "duplicate_of": job.duplicate_of, "artifact": job.artifact,
             "next_try": job.next_try if job.next_try > time.time() else None,
             "updated": job.updated,
-            "registrations": [_registration_row(record) for record in records],
+            "registrations": [_registration_row(record, job.stage) for record in records],
         })
     return rows
 
 
-def _registration_row(record: Registration) -> dict:
+def _registration_row(record: Registration, job_stage: str | None) -> dict:
     return {"target": record.target, "state": record.state, "resource": record.resource,
             "resource_id": record.resource_id, "set_version": record.set_version, "attempts": record.attempts,
             "since": record.since, "next_try": record.next_try if record.next_try > time.time() else None,
-            "error": record.error, "note": registration_note(record), "updated": record.updated}
+            "error": record.error, "note": registration_note(record, job_stage),
+            "created_resource": record.created_resource, "removed": record.removed,
+            "removal": record.removal, "kept": record.kept, "updated": record.updated}
 
 
 def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -> str:
@@ -104,14 +118,14 @@ def job_table(jobs: Iterable[Job], registrations: Iterable[Registration] = ()) -
         records = by_job.get(job.id, [])
         lines.append(_job_line(job, records, width))
         if len(records) > 1:
-            lines += [_target_line(record, width) for record in records]
+            lines += [_target_line(record, width, job.stage) for record in records]
     return "\n".join(lines)
 
 
 def _job_line(job: Job, records: list[Registration], width: int) -> str:
     detail = records[0].resource if records else ""
-    if job.state is State.BUILT and len(records) == 1:
-        note = registration_note(records[0])
+    if job.state in (State.BUILT, State.REGISTERED) and len(records) == 1:
+        note = registration_note(records[0], job.stage)  # registered: None, or why retention removed it
     elif job.state in ACTIVE_STATES:
         note = job.stage
     else:
@@ -123,7 +137,7 @@ def _job_line(job: Job, records: list[Registration], width: int) -> str:
     return f"{job.id:>4}  {job.state:<10}  {iso[:width]:<{width}}  {first_line}"
 
 
-def _target_line(record: Registration, width: int) -> str:
-    note = registration_note(record)
+def _target_line(record: Registration, width: int, job_stage: str | None = None) -> str:
+    note = registration_note(record, job_stage)
     detail = record.resource + (f": {note}" if note else "")
     return f"{'':>4}  {'':<10}  {'  ' + record.target + ' ' + str(record.state):<{width}}  {detail.splitlines()[0]}"

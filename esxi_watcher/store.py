@@ -72,8 +72,8 @@ IMAGE_STATES = (State.BUILT, State.REGISTERED, State.FAILED)
 LIVE_STATES = (State.QUEUED, State.BUILDING, State.BUILT, State.REGISTERED, State.FAILED)
 ACTIVE_TARGET_STATES = (Target.PENDING, Target.UPLOADING)
 CHECK_TIMEOUT = 2.0  # seconds a daemon's check of the store waits for another process's lock
-SCHEMA_VERSION = 2  # PRAGMA user_version: 0 = before registrations (one MAAS, in the jobs table),
-# 1 = before provenance and retention (the columns of _ADDED_COLUMNS)
+SCHEMA_VERSION = 3  # PRAGMA user_version: 0 = before registrations (one MAAS, in the jobs table),
+# 1 = before provenance and retention, 2 = before created_resource and kept (the columns of _ADDED_COLUMNS)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -111,8 +111,10 @@ CREATE TABLE IF NOT EXISTS registrations (
     resource      TEXT NOT NULL,            -- MAAS name on this target, decided when the row is made
     resource_id   INTEGER,
     set_version   TEXT,
+    created_resource INTEGER,               -- 1: our upload created the MAAS resource, 0: it was there
     removed       REAL,                     -- when retention deleted it from MAAS
     removal       TEXT,                     -- what was deleted and why
+    kept          TEXT,                     -- why retention keeps it although maas.keep is exceeded
     created       REAL NOT NULL,
     updated       REAL NOT NULL,
     PRIMARY KEY (job, target)
@@ -123,7 +125,7 @@ CREATE INDEX IF NOT EXISTS registrations_due ON registrations(target, state, nex
 # Columns added since a table was first made: an older store gets them when it is opened.
 _ADDED_COLUMNS = {
     "jobs": {"fingerprint": "TEXT", "provenance": "TEXT"},
-    "registrations": {"removed": "REAL", "removal": "TEXT"},
+    "registrations": {"removed": "REAL", "removal": "TEXT", "created_resource": "INTEGER", "kept": "TEXT"},
 }
 # One live job per ISO content and build recipe: the same bytes under another name, built the same
 # way, become a duplicate; after the template or kickstart changed they are built again.
@@ -189,8 +191,10 @@ class Registration:
     error: str | None = None
     resource_id: int | None = None
     set_version: str | None = None
+    created_resource: bool | None = None  # None: not known (registered before this was recorded)
     removed: float | None = None
     removal: str | None = None
+    kept: str | None = None
 
 
 _COLUMNS = tuple(f.name for f in fields(Job))
@@ -531,6 +535,8 @@ class JobStore:
     def _registration(row: sqlite3.Row) -> Registration:
         data = {name: row[name] for name in _REGISTRATION_COLUMNS}
         data["state"] = Target(data["state"])
+        if data["created_resource"] is not None:
+            data["created_resource"] = bool(data["created_resource"])
         return Registration(**data)
 
     def _registrations(self, sql: str, parameters: tuple | dict = ()) -> list[Registration]:
@@ -554,6 +560,13 @@ class JobStore:
         if job_id is None:
             return self._registrations("SELECT * FROM registrations ORDER BY job, rowid")
         return self._registrations("SELECT * FROM registrations WHERE job = ? ORDER BY rowid", (job_id,))
+
+    def registrations_on(self, target: str, states: Iterable[Target]) -> list[Registration]:
+        """The target's registrations in these states, by job."""
+        states = tuple(states)
+        marks = ", ".join("?" for _ in states)
+        return self._registrations(f"SELECT * FROM registrations WHERE target = ? AND state IN ({marks}) "
+                                   "ORDER BY job", (target, *states))
 
     def update_registration(self, job_id: int, target: str, **values: Any) -> Registration:
         values = self._checked(values, _REGISTRATION_COLUMNS, Target)
@@ -586,11 +599,12 @@ class JobStore:
                                    "ORDER BY since", (target, Target.PENDING))
 
     def name_holder(self, target: str, resource: str, sha256: str) -> Registration | None:
-        """The registration on this target of a live job of other content that holds this MAAS name."""
+        """The registration on this target of a live job of other content that holds this MAAS name
+        (one whose image retention removed holds it no longer)."""
         found = self._registrations(
             "SELECT r.* FROM registrations r JOIN jobs j ON j.id = r.job WHERE r.target = ? AND r.resource = ? "
-            "AND j.sha256 IS NOT ? AND j.state NOT IN (?, ?) ORDER BY r.job LIMIT 1",
-            (target, resource, sha256, State.REJECTED, State.DUPLICATE))
+            "AND j.sha256 IS NOT ? AND j.state NOT IN (?, ?) AND r.state != ? ORDER BY r.job LIMIT 1",
+            (target, resource, sha256, State.REJECTED, State.DUPLICATE, Target.REMOVED))
         return found[0] if found else None
 
     def newest_resource(self) -> str | None:
@@ -599,8 +613,41 @@ class JobStore:
                           (Target.REGISTERED,))
         return rows[0]["resource"] if rows else None
 
+    # ----- figures for the metrics textfile -----
+
+    def target_figures(self) -> dict[str, dict[str, Any]]:
+        """Per target: the newest registration's time (`last_registered`, None if none), the failed
+        registrations now (`failed`) and the tries made (`attempts`)."""
+        rows = self._read(
+            "SELECT target, MAX(CASE WHEN state = ? THEN updated END) AS last_registered, "
+            "SUM(state = ?) AS failed, SUM(attempts) AS attempts FROM registrations GROUP BY target",
+            (Target.REGISTERED, Target.FAILED))
+        return {row["target"]: {"last_registered": row["last_registered"], "failed": row["failed"] or 0,
+                                "attempts": row["attempts"] or 0} for row in rows}
+
+    def registered_images(self) -> list[tuple[str, str | None, dict | None]]:
+        """(target, the job's kept image, the job's provenance) of each registered image."""
+        rows = self._read("SELECT r.target, j.artifact, j.provenance FROM registrations r JOIN jobs j ON j.id = r.job "
+                          "WHERE r.state = ?", (Target.REGISTERED,))
+        return [(row["target"], row["artifact"], _json_dict(row["provenance"])) for row in rows]
+
+    def newest_provenances(self, count: int = 20) -> list[dict]:
+        """The provenance of the newest jobs that have one, newest first."""
+        rows = self._read("SELECT provenance FROM jobs WHERE provenance IS NOT NULL ORDER BY id DESC LIMIT ?",
+                          (count,))
+        return [found for found in (_json_dict(row["provenance"]) for row in rows) if found is not None]
+
 
 _JSON_COLUMNS = ("facts", "provenance")
+
+
+def _json_dict(text: str | None) -> dict | None:
+    """Given a JSON column's text, return its dict, or None (empty, damaged, not a dict)."""
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _as_json(values: dict[str, Any]) -> dict[str, Any]:

@@ -49,7 +49,9 @@ def write_config(folder: Path, simulator=None, **overrides) -> Path:
         "drop_dir": str(folder / "drop"),
         "state_dir": str(folder / "state"),
         "watch": {"settle": "1s", "rescan_interval": "1m"},
-        "build": {"template_dir": str(FILE_TEMPLATE), "timeout": "60s", "retries": 0},
+        # The site's own build lock: tests running side by side on one machine never wait for each other.
+        "build": {"template_dir": str(FILE_TEMPLATE), "timeout": "60s", "retries": 0,
+                  "lock_file": str(folder / "build.lock")},
         "maas": {"url": simulator.url if simulator else "http://127.0.0.1:9/MAAS/",
                  "api_key_file": str(key_file), "retry_max_wait": "2s", "notify": True},
         "log": {"format": "json", "level": "debug"},

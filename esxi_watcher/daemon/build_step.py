@@ -16,13 +16,14 @@ from pathlib import Path
 import structlog
 
 from esxi_watcher import build, host, provenance
+from esxi_watcher.buildlock import BuildLock
 from esxi_watcher.daemon import targets
 from esxi_watcher.daemon.activity import Lease, Slot
 from esxi_watcher.daemon.context import Context
-from esxi_watcher.errors import BuildFailed, BuildOutOfSpace, StoreUnavailable
+from esxi_watcher.errors import BuildFailed, BuildLockUnavailable, BuildOutOfSpace, StoreUnavailable
 from esxi_watcher.intake import human_size, still_in_place
 from esxi_watcher.logs import redact
-from esxi_watcher.progress import BuildMonitor
+from esxi_watcher.progress import BuildMonitor, JobProgress
 from esxi_watcher.store import Job, State, Step
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,7 @@ log = structlog.get_logger(__name__)
 KVM_RECHECK = 600.0
 SPACE_RECHECK = 10.0  # a job waiting for space in the state dir looks again this often
 CONSOLE_POLL = 0.5  # how often a running build's serial console is read for the status line
+LOCK_RECHECK = 60.0  # a job whose build lock file cannot be opened looks again this often
 TRANSIENT_BACKOFF = 60.0  # a build that may have failed by chance waits this long per attempt
 
 
@@ -67,18 +69,25 @@ def build_job(context: Context, job: Job, slot: Slot) -> None:
     if shortage:
         _wait_for_space(context, job, shortage, slot)
         return
-    attempts = job.build_attempts + 1
-    store.update(job.id, state=State.BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
-    log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(context.workdir(job.id)))
-    _record_recipe(context, job)
-    trace = _Trace()
-    with slot.lease() as lease:
-        artifact, failure, monitor = _run(context, job, lease, trace)
-    _record_build(context, job.id, trace, artifact)
-    if failure is not None:
-        _build_failed(context, store.get(job.id), failure, monitor.explain(str(failure)), slot)
+    lock = BuildLock(context.config.build.lock_file)
+    if not _take_build_lock(context, job, slot, lock):
         return
-    _keep_image(context, job, artifact)
+    try:
+        attempts = job.build_attempts + 1
+        store.update(job.id, state=State.BUILDING, stage="starting", error=None, build_attempts=attempts, pgid=None)
+        log.info("job.building", job=job.id, iso=job.iso, attempt=attempts, workdir=str(context.workdir(job.id)))
+        _record_recipe(context, job)
+        trace = _Trace()
+        with slot.lease() as lease:
+            artifact, failure, monitor = _run(context, job, lease, trace)
+        _record_build(context, job.id, trace, artifact)
+        if failure is not None:
+            # The console is the guest's own text: an installer quoting its kickstart could show the password.
+            _build_failed(context, store.get(job.id), failure, redact(monitor.explain(str(failure))), slot)
+            return
+        _keep_image(context, job, artifact)
+    finally:
+        lock.release()
 
 
 def _record_recipe(context: Context, job: Job) -> None:
@@ -141,6 +150,26 @@ def _record_build(context: Context, job_id: int, trace: _Trace, artifact: Path |
     context.store.change_provenance(job_id, lambda record: provenance.merged(record, update))
 
 
+def _take_build_lock(context: Context, job: Job, slot: Slot, lock: BuildLock) -> bool:
+    """Wait for the host's build lock (another daemon's or a one-shot build may hold it), showing
+    whose build this one waits for. Return False when it cannot be had now: the job stays queued."""
+    def waiting(note: str) -> None:
+        slot.show(note)
+        context.store.update(job.id, stage=note)
+        log.info("build.waiting_for_lock", job=job.id, iso=job.iso, reason=note)
+
+    try:
+        taken = lock.acquire(context.stop_event, on_wait=waiting)
+    except BuildLockUnavailable as error:
+        slot.show(f"waiting: {error}")
+        context.store.update(job.id, stage="waiting for the build lock", error=str(error),
+                             next_try=time.time() + LOCK_RECHECK)
+        log.error("build.lock_unavailable", job=job.id, reason=str(error))
+        return False
+    slot.show(None)
+    return taken
+
+
 def _run(context: Context, job: Job, lease: Lease,
          trace: _Trace) -> tuple[Path | None, BuildFailed | None, BuildMonitor]:
     """Run the build, showing its stage; return (artifact, None) or (None, why it failed). The
@@ -148,7 +177,7 @@ def _run(context: Context, job: Job, lease: Lease,
     config, store = context.config, context.store
     workdir = context.workdir(job.id)
     started = time.monotonic()
-    lease.show(f"building {_stem(job.iso)} (0 min, starting)")
+    lease.show(JobProgress(_stem(job.iso), now=started).text(started))
     clean_host(context)
     monitor = _monitor(context, job, workdir, started, lease, trace)
     console = _ConsolePoller(monitor)
@@ -157,7 +186,7 @@ def _run(context: Context, job: Job, lease: Lease,
             job_id=context.marker(job.id), template_dir=config.build.template_dir,
             command=config.build.command, artifact_name=config.build.artifact,
             iso=Path(job.iso_path), workdir=workdir, log_path=config.logs_dir / f"{job.id}.log",
-            timeout=config.build.timeout, on_line=monitor.packer_line,
+            timeout=config.build.timeout, build_config=config.build, on_line=monitor.packer_line,
             on_start=lambda pid: store.update(job.id, pgid=pid), stop_event=context.stop_event,
             on_command=trace.command)
     except BuildFailed as error:
@@ -187,21 +216,29 @@ class _ConsolePoller:
         self._thread.join()
 
 
-def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: Lease, trace: _Trace) -> BuildMonitor:
+def _monitor(context: Context, job: Job, workdir: Path, started: float, lease: Lease,
+             trace: _Trace) -> BuildMonitor:
     """Follow the build's stage into the status line (through the build's lease) and the store."""
-    shown = {"stage": None}
+    progress = JobProgress(_stem(job.iso), now=started)
     lock = threading.Lock()
+    recorded = {"note": None}
 
     def show(stage: str) -> None:
-        minutes = int((time.monotonic() - started) / 60)
-        lease.show(f"building {_stem(job.iso)} ({minutes} min, {stage})")
+        stage = redact(stage)
+        now = time.monotonic()
         with lock:
-            if stage == shown["stage"]:
+            moved_on = progress.build_stage(stage, now)
+            if moved_on:
+                trace.stage(stage)
+            changed = moved_on or recorded["note"] is None
+            lease.show(progress.text(now))
+            note = progress.note(now)  # changes with the stage and once a minute
+            if note == recorded["note"]:
                 return
-            shown["stage"] = stage
-        trace.stage(stage)
-        context.store.update(job.id, stage=stage)
-        log.info("job.stage", job=job.id, stage=stage)
+            recorded["note"] = note
+        context.store.update(job.id, stage=note)
+        if changed:
+            log.info("job.stage", job=job.id, stage=stage)
 
     build_config = context.config.build
     return BuildMonitor(workdir / build_config.template_dir.name / build_config.console_log, on_stage=show)

@@ -29,6 +29,8 @@ class Context:
     instance: str = field(init=False)
     # Held while a job's outcome is decided from its registrations and its ISO moved.
     outcome_lock: threading.Lock = field(default_factory=threading.Lock)
+    # When each target's next retention pass is due (time.time()); a target not in it: now.
+    retention_next: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.mover = outcomes.Mover(self.config.drop_dir)

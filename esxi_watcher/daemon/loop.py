@@ -27,6 +27,7 @@ from esxi_watcher.daemon.register_step import register_next
 from esxi_watcher.daemon.signals import SignalInbox, log_notices, reload_config
 from esxi_watcher.daemon.startup import StoreOpening, claim_folders, prepare_dirs
 from esxi_watcher.errors import EsxiWatcherError, MissingApiKey, StoreUnavailable
+from esxi_watcher.metrics import MetricsWriter
 from esxi_watcher.status import status_line
 
 log = structlog.get_logger(__name__)
@@ -87,6 +88,8 @@ class Daemon:
         self._start("builder", self._worker_loop("builder", lambda slot: build_next(context, slot)))
         self._sync_registrars()
         threading.Thread(target=self._relay_stop, args=(intake,), name="stop-relay", daemon=True).start()
+        metrics = MetricsWriter(context.store, self._metrics_settings, self.stop_event)
+        metrics.start()
         self.setup_problems = self._setup_problems()
         self._notify(ready=True)
         log.info("daemon.ready", drop_dir=str(context.config.drop_dir), state_dir=str(context.config.state_dir),
@@ -102,12 +105,18 @@ class Daemon:
             for thread, _ in list(self._workers.values()):
                 thread.join(timeout=15)
             watcher.stop()
+            metrics.join(timeout=15)
             context.store.close()
             log.info("daemon.stopped")
         return 0
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _metrics_settings(self) -> tuple[Path | None, list[str]]:
+        """Where the metrics go (None: nowhere) and the targets, as configured now (a reload may change them)."""
+        config = self.context.config
+        return config.metrics.textfile, [target.name for target in config.targets]
 
     def _relay_stop(self, intake: IntakeWorker) -> None:
         """Wake every sleeper once a stop is asked for: they sleep on news, not on stop_event."""
@@ -271,6 +280,8 @@ class Daemon:
         if self.context is None:
             return
         self.context.config = new
+        self.context.retention_next.clear()  # maas.keep may have changed: every target's pass is due
+        self.context.store.changes.notify()  # wake the registrars to run it
         self._sync_registrars()
         targets.plan_all(self.context)
         self.setup_problems = self._setup_problems()

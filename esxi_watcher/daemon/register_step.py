@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,13 +21,14 @@ import structlog
 
 from esxi_watcher import build, maas, provenance
 from esxi_watcher.config import TargetConfig
-from esxi_watcher.daemon import banners, targets
+from esxi_watcher.daemon import banners, retention_step, targets
 from esxi_watcher.daemon.activity import Lease, Slot
 from esxi_watcher.daemon.context import Context
 from esxi_watcher.errors import EsxiWatcherError, MaasError, MaasUnavailable, MissingApiKey, StoreUnavailable
 from esxi_watcher.iso import IsoFacts
 from esxi_watcher.logs import add_secret, redact
 from esxi_watcher.naming import distinct_name, distinct_title, resource_name, resource_title
+from esxi_watcher.progress import JobProgress
 from esxi_watcher.status import describe_wait
 from esxi_watcher.store import Job, Registration, Target
 
@@ -54,8 +56,11 @@ def register_next(context: Context, target_name: str, slot: Slot) -> float | Non
     store = context.store
     record = store.next_registration_due(target.name)
     if record is None:
+        if retention_step.due_in(context, target) == 0:
+            retention_step.run_pass(context, target, slot)
+            return 0.0
         slot.show(waiting_note(context, target))
-        return store.next_registration_in(target.name)
+        return _sooner(store.next_registration_in(target.name), retention_step.due_in(context, target))
     job = store.get(record.job)
     try:
         register(context, target, job, record, slot)
@@ -68,6 +73,12 @@ def register_next(context: Context, target_name: str, slot: Slot) -> float | Non
                         f"tries again)")
         _failed(context, target, job, store.registration(job.id, target.name), reason, endpoint=None)
     return 0.0
+
+
+def _sooner(first: float | None, second: float | None) -> float | None:
+    """Given two waits (None: nothing waits), return the shorter."""
+    waits = [wait for wait in (first, second) if wait is not None]
+    return min(waits) if waits else None
 
 
 def waiting_note(context: Context, target: TargetConfig) -> str | None:
@@ -110,24 +121,47 @@ def register(context: Context, target: TargetConfig, job: Job, record: Registrat
 
 def _attempt(context: Context, target: TargetConfig, endpoint: maas.Endpoint, job: Job, record: Registration,
              lease: Lease) -> maas.Registration:
-    """One try, in an event loop of our own; cancelled when the daemon stops."""
+    """One try, showing its progress in the status line and (every few percent) in the store."""
     artifact = Path(job.artifact)
     if not artifact.is_file():
         raise MaasError(f"the image {artifact} is gone: `esxi-watcher retry {job.id}` builds it again")
-    uploading = f"uploading {record.resource} to {target.name}"
-    lease.show(uploading)
+    size = artifact.stat().st_size
+    shown = JobProgress(job.iso, now=time.monotonic())
+    shown.upload_begins(record.resource, target.name, size, time.monotonic())
+    lease.show(shown.text(time.monotonic()))
 
     def progress(fraction: float) -> None:
-        lease.show(f"{uploading} {int(fraction * 100)}%")
+        now = time.monotonic()
+        shown.uploaded(fraction, now)
+        lease.show(shown.text(now))
+        if shown.upload_due(now):
+            context.store.update(job.id, stage=shown.note(now))
 
+    def created(resource_id: int) -> None:  # kept at once: this try may end before `complete`
+        context.store.update_registration(job.id, target.name, resource_id=resource_id, created_resource=True)
+
+    return upload(endpoint, target, name=record.resource, title=title_for(target, job, record.resource),
+                  artifact=artifact, stop_event=context.stop_event, progress=progress, on_created=created)
+
+
+def upload(endpoint: maas.Endpoint, target: TargetConfig, *, name: str, title: str, artifact: Path,
+           stop_event: threading.Event, progress: Callable[[float], None],
+           on_created: Callable[[int], None] | None = None) -> maas.Registration:
+    """Given a built image and its MAAS name and title, make one registration attempt on the target,
+    in an event loop of its own; stop_event cancels it (raising asyncio.CancelledError) after the
+    upload deleted the half-made resource it created. on_created gets the id of a resource this
+    attempt's POST created, as soon as it exists. The daemon and `esxi-watcher build` both
+    register through here."""
     async def attempt() -> maas.Registration:
         task = asyncio.ensure_future(maas.register_image(
-            endpoint, name=record.resource, title=title_for(target, job, record.resource),
-            architecture=target.architecture, artifact=artifact, sha256=build.artifact_sha256(artifact),
-            size=artifact.stat().st_size, progress=progress))
+            endpoint, name=name, title=title, architecture=target.architecture, artifact=artifact,
+            sha256=build.artifact_sha256(artifact), size=artifact.stat().st_size, progress=progress,
+            on_created=on_created))
+        cancelled = False
         while not task.done():
-            if context.stop_event.is_set():
-                task.cancel()
+            if stop_event.is_set() and not cancelled:
+                task.cancel()  # once: the attempt then cleans up what it made in MAAS
+                cancelled = True
             await asyncio.wait([task], timeout=STOP_POLL)
         return task.result()
 
@@ -142,11 +176,26 @@ def _record_duration(context: Context, job_id: int, target: str, seconds: float)
 
 def title_for(target: TargetConfig, job: Job, resource: str) -> str:
     """The title MAAS shows: the target's template's, tagged like the name when the name is tagged."""
-    facts = IsoFacts(**job.facts)
-    title = resource_title(target.title_template, facts)
-    if resource == distinct_name(resource_name(target.name_template, facts), job.sha256):
-        title = distinct_title(title, job.sha256)
+    return title_of(target, job.facts, job.sha256, resource)
+
+
+def title_of(target: TargetConfig, facts: dict, sha256: str, resource: str) -> str:
+    """Given an ISO's facts and sha256 and the MAAS name its image gets, return the target's title,
+    tagged like the name when the name is tagged."""
+    iso_facts = IsoFacts(**facts)
+    title = resource_title(target.title_template, iso_facts)
+    if resource == distinct_name(resource_name(target.name_template, iso_facts), sha256):
+        title = distinct_title(title, sha256)
     return title
+
+
+def created_resource(context: Context, job: Job, target: TargetConfig, registration: maas.Registration) -> bool:
+    """Whether our upload created the resource: this try's POST made it, or an earlier try's did
+    (recorded when it was made) and this try found our bytes complete in it."""
+    if registration.created_resource:
+        return True
+    record = context.store.registration(job.id, target.name)
+    return bool(record and record.created_resource and record.resource_id == registration.resource_id)
 
 
 def _wait_for_maas(context: Context, target: TargetConfig, job: Job, record: Registration, tries: int,
@@ -177,7 +226,9 @@ def _registered(context: Context, target: TargetConfig, job: Job, record: Regist
                 registration: maas.Registration, endpoint: maas.Endpoint) -> None:
     context.store.update_registration(job.id, target.name, state=Target.REGISTERED, error=None, since=None,
                                       next_try=0, resource=registration.name, resource_id=registration.resource_id,
-                                      set_version=registration.set_version)
+                                      set_version=registration.set_version,
+                                      created_resource=created_resource(context, job, target, registration))
+    retention_step.request_pass(context, target.name)
     log.info("register.done", job=job.id, iso=job.iso, target=target.name, resource=registration.name,
              resource_id=registration.resource_id, set_version=registration.set_version,
              uploaded=registration.uploaded, sha256=registration.sha256, tries=record.attempts + 1)

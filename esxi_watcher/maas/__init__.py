@@ -10,7 +10,7 @@ MaasUnavailable (waiting can fix it; ImageNotComplete is one), MaasAuthError (40
 BytesHeldElsewhere (MAAS 3.8+ holds the bytes under another image), MaasError (anything else).
 
 Modules: apikey (the key file), rules (MAAS's rules, pure), client (the bones session and its
-errors), upload (the chunk upload and the registration attempt), notify (admin banners).
+errors; retention reads and deletes resources through it), upload (the chunk upload and the registration attempt), notify (admin banners).
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ from __future__ import annotations
 from esxi_watcher.errors import (BytesHeldElsewhere, ImageNotComplete, MaasAuthError, MaasError,
                                  MaasUnavailable)
 from esxi_watcher.maas.apikey import read_api_key
-from esxi_watcher.maas.client import Endpoint, server_version
+from esxi_watcher.maas.client import Client, Endpoint, server_version
 from esxi_watcher.maas.notify import dismiss_banner, post_banner
 from esxi_watcher.maas.rules import (Holder, StoreRules, find_holders, newest_set, set_version_key,
                                      store_rules)
-from esxi_watcher.maas.upload import CHUNK_SIZE, Registration, register_image
+from esxi_watcher.maas.upload import CHUNK_SIZE, Registration, name_holds_other_bytes, register_image
 
 __all__ = [
     "BytesHeldElsewhere",
     "CHUNK_SIZE",
+    "Client",
     "Endpoint",
     "Holder",
     "ImageNotComplete",
@@ -39,6 +40,7 @@ __all__ = [
     "find_holders",
     "newest_set",
     "post_banner",
+    "name_holds_other_bytes",
     "read_api_key",
     "register_image",
     "server_version",

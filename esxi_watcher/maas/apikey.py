@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import stat
 from pathlib import Path
 
 from maas.client.utils.creds import Credentials
 
 from esxi_watcher.errors import BadApiKeyFile, MaasAuthError, MissingApiKey
 from esxi_watcher.logs import add_secret
+from esxi_watcher.private_file import read_private_file
 
 
 def read_api_key(path: Path) -> str:
@@ -17,26 +17,9 @@ def read_api_key(path: Path) -> str:
     Refuse a file that group or others may read or write, a missing or unreadable file, and one
     that does not hold `consumer_key:token_key:token_secret`. No message ever carries the key.
     """
-    path = Path(path)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise MissingApiKey(
-            f"MAAS API key file {path} does not exist: create it with "
-            f"`maas apikey --username=ADMIN > {path} && chmod 600 {path}`") from None
-    except OSError as error:
-        raise BadApiKeyFile(f"MAAS API key file {path}: {error.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise BadApiKeyFile(f"MAAS API key file {path} is not a regular file")
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        raise BadApiKeyFile(f"MAAS API key file {path} is readable by others: chmod 600 {path}")
-    if mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise BadApiKeyFile(f"MAAS API key file {path} is writable by others: chmod 600 {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise BadApiKeyFile(f"MAAS API key file {path}: {reason}") from None
+    text = read_private_file(
+        path, "MAAS API key file", BadApiKeyFile, MissingApiKey,
+        f"create it with `maas apikey --username=ADMIN > {path} && chmod 600 {path}`")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines or not looks_like_key(lines[0]):
         raise BadApiKeyFile(

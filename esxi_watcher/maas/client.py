@@ -169,6 +169,10 @@ class Client:
             return answer.decode("utf-8", "replace")
         return str(answer.get("version", "")) if isinstance(answer, dict) else str(answer)
 
+    async def whoami(self) -> dict[str, Any]:
+        """Return the key's user as MAAS shows it (username, is_superuser, ...): an authenticated call."""
+        return await self.call(self.session.Users.whoami, "reading the key's user", expect=dict)
+
     async def resources(self) -> list[dict[str, Any]]:
         """Return every boot resource that may hold uploaded bytes, read with its sets."""
         listing = await self.call(self.session.BootResources.read, "listing boot resources", expect=list)

@@ -58,16 +58,18 @@ class Registration:
     set_version: str
     sha256: str
     uploaded: bool  # False when MAAS already held the bytes for this name (nothing was done)
+    created_resource: bool = False  # True when this attempt's POST made the resource (it was not there)
 
 
 async def register_image(endpoint: Endpoint, *, name: str, title: str, architecture: str, artifact: Path,
                          sha256: str, size: int, progress: Callable[[float], None] | None = None,
-                         chunk_size: int = CHUNK_SIZE, complete_timeout: float = COMPLETE_TIMEOUT,
+                         on_created: Callable[[int], None] | None = None, chunk_size: int = CHUNK_SIZE, complete_timeout: float = COMPLETE_TIMEOUT,
                          poll_interval: float = POLL_INTERVAL) -> Registration:
     """Make MAAS hold `artifact` as the newest complete set of boot resource (name, architecture).
 
     One attempt, no waiting between tries. progress gets 0..1 as MAAS acknowledges chunks (from 0
-    again when the upload starts over). Raises MaasUnavailable for what waiting can fix (its str()
+    again when the upload starts over). on_created gets the id of a resource this attempt's POST made
+    new, at once (an attempt that ends before `complete` may still leave it in MAAS). Raises MaasUnavailable for what waiting can fix (its str()
     is a one-line reason; ImageNotComplete when MAAS did not call the set complete within
     complete_timeout), MaasAuthError for 401/403, BytesHeldElsewhere when MAAS 3.8+ holds these bytes
     under another image, MaasError for a refusal waiting cannot fix.
@@ -75,7 +77,8 @@ async def register_image(endpoint: Endpoint, *, name: str, title: str, architect
     credentials(endpoint.api_key)  # a malformed key fails before any request
     _check_artifact(Path(artifact), size, sha256)
     attempt = _Attempt(endpoint, name=name, title=title, architecture=architecture, artifact=Path(artifact),
-                       sha256=sha256.lower(), size=size, progress=progress, chunk_size=chunk_size,
+                       sha256=sha256.lower(), size=size, progress=progress, on_created=on_created,
+                       chunk_size=chunk_size,
                        complete_timeout=complete_timeout, poll_interval=poll_interval)
     log.info("maas.register", name=name, architecture=architecture, bytes=size, sha256=sha256, url=endpoint.url)
     return await attempt.run()
@@ -98,8 +101,9 @@ class _Attempt:
     """One registration attempt: its parameters and what it did so far."""
 
     def __init__(self, endpoint: Endpoint, *, name: str, title: str, architecture: str, artifact: Path,
-                 sha256: str, size: int, progress: Callable[[float], None] | None, chunk_size: int,
-                 complete_timeout: float, poll_interval: float):
+                 sha256: str, size: int, progress: Callable[[float], None] | None,
+                 on_created: Callable[[int], None] | None, chunk_size: int, complete_timeout: float,
+                 poll_interval: float):
         self.endpoint = endpoint
         self.name = name
         self.title = title
@@ -108,6 +112,8 @@ class _Attempt:
         self.sha256 = sha256
         self.size = size
         self.progress = progress
+        self.on_created = on_created
+        self.created_resource = False
         self.chunk_size = chunk_size
         self.complete_timeout = complete_timeout
         self.poll_interval = poll_interval
@@ -156,6 +162,10 @@ class _Attempt:
                 name=self.name, architecture=self.architecture, title=self.title, filetype=FILETYPE,
                 sha256=self.sha256, size=str(self.size), keep_old="true")
             self.created_set = True
+            if created_here:  # the name was free: the POST made the resource
+                self.created_resource = True
+                if self.on_created is not None:
+                    self.on_created(resource["id"])
             version, rfile = self._our_new_file(resource)
             log.info("maas.created", name=self.name, resource=resource["id"], set_version=version,
                      complete=bool(rfile.get("complete")), bytes=self.size)
@@ -171,7 +181,7 @@ class _Attempt:
                                     f"(after {self.fresh_starts} fresh starts)") from None
                 self.fresh_starts += 1
                 log.warning("maas.upload.start_over", name=self.name, resource=resource["id"], reason=TOO_MUCH_DATA)
-            except Exception:
+            except BaseException:  # asyncio.CancelledError too: a cancelled upload leaves no half-made resource
                 await self._clean_up(client, resource["id"], created_here)
                 raise
 
@@ -268,7 +278,8 @@ class _Attempt:
 
     def _registration(self, resource_id: int, version: str) -> Registration:
         return Registration(resource_id=resource_id, name=self.name, architecture=self.architecture,
-                            set_version=version, sha256=self.sha256, uploaded=self.created_set)
+                            set_version=version, sha256=self.sha256, uploaded=self.created_set,
+                            created_resource=self.created_resource)
 
 
 # ----- the chunk PUTs --------------------------------------------------------------------------
@@ -317,3 +328,14 @@ def _single_send_trace() -> aiohttp.TraceConfig:
     trace.on_connection_create_start.append(count_connection)
     trace.on_connection_reuseconn.append(count_connection)
     return trace
+
+
+async def name_holds_other_bytes(endpoint: Endpoint, *, name: str, architecture: str, sha256: str) -> bool:
+    """Whether MAAS holds an image (name, architecture) whose newest complete set is not these
+    bytes: registering there would replace what the next deployment of that name installs."""
+    client = await Client.connect(endpoint)
+    for resource in await client.resources():
+        if is_ours(resource, name, architecture):
+            newest = newest_set(resource, complete_only=True)
+            return newest is not None and not set_holds(newest[1], sha256.lower())
+    return False

@@ -226,7 +226,7 @@ def test_registers_a_ddgz_image(simulator, artifact):
     (rfile,) = newest["files"].values()
     assert registration == maas.Registration(
         resource_id=resource["id"], name=NAME, architecture=ARCH, set_version=version, sha256=artifact.sha256,
-        uploaded=True)
+        uploaded=True, created_resource=True)
     assert newest["complete"] and rfile["complete"] and rfile["sha256"] == artifact.sha256
     assert rfile["filetype"] == "root-dd.gz" and resource["title"] == "VMware ESXi 8.0.2"
     assert simulator.file_bytes(NAME) == artifact.data
@@ -236,6 +236,17 @@ def test_registers_a_ddgz_image(simulator, artifact):
     assert sum(put["bytes"] for put in puts) == artifact.size
 
 
+def test_a_registration_says_whether_its_post_created_the_resource(simulator, artifact, other_artifact):
+    """Retention deletes only resources we made: the first upload creates the resource (and says
+    so at once, through on_created), a second image under that name only adds a set to it."""
+    created = []
+    first = register(simulator, artifact, on_created=created.append)
+    second = register(simulator, other_artifact, on_created=created.append)
+    assert first.created_resource and created == [first.resource_id]
+    assert not second.created_resource and second.uploaded and second.resource_id == first.resource_id
+    assert len(uploaded_resource(simulator)["sets"]) == 2
+
+
 @modes("3.8", "3.5", "3.4")
 def test_the_same_bytes_under_the_same_name_again_change_nothing(simulator, artifact):
     first = register(simulator, artifact)
@@ -243,7 +254,7 @@ def test_the_same_bytes_under_the_same_name_again_change_nothing(simulator, arti
 
     again = register(simulator, artifact)
 
-    assert again == maas.Registration(**{**first.__dict__, "uploaded": False})
+    assert again == maas.Registration(**{**first.__dict__, "uploaded": False, "created_resource": False})
     later = simulator.requests[requests_before:]
     assert [r for r in later if r["method"] != "GET"] == []
     assert len(uploaded_resource(simulator)["sets"]) == 1

@@ -262,6 +262,26 @@ def test_delete_answers_204_and_the_resource_is_gone(maas):
     assert [r["name"] for r in maas.resources()] == ["ubuntu/noble"]
 
 
+def test_whoami_tells_an_admin_from_a_user_who_may_not_create_boot_resources(tmp_path):
+    async def scenario(simulator):
+        session = await connect(simulator)
+        me = await session.Users.whoami()
+        try:
+            await create(session, ESXI, image("w"))
+        except CallError as error:
+            return me, error.status, error.content.decode()
+        return me, 201, ""
+
+    with MaasSimulator(tmp_path / "admin") as admin:
+        me, status, _ = run(scenario(admin))
+    assert me["is_superuser"] is True and status == 201
+    with MaasSimulator(tmp_path / "user", admin=False) as user:
+        me, status, text = run(scenario(user))
+        assert [r["name"] for r in user.resources()] == ["ubuntu/noble"]
+    assert me["is_superuser"] is False and me["username"] == "operator"
+    assert (status, text) == (403, "This method is reserved for admin users.")
+
+
 # -- names, versions, keep_old ------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, status, message",
@@ -927,3 +947,25 @@ def test_command_line_runs_until_sigterm(tmp_path):
         process.stdout.close()
     assert exit_status == 0
     assert json.loads((tmp_path / "region" / "state.json").read_text())["api_key"] == key
+
+
+# -- last_deployed (MAAS 3.4+: newest IMAGE_DEPLOYED event; 3.7+: Node.update_deployment_time) --------
+
+def test_a_deployment_marks_last_deployed_on_every_resource_of_that_name_and_architecture(maas):
+    async def scenario():
+        session = await connect(maas)
+        await register(maas, session, ESXI, image("a"))
+        await register(maas, session, "esxi/8.0-other", image("b"))
+        await create(session, ESXI, image("c"), architecture="arm64/generic")
+        before = await session.BootResources.read()
+        when = datetime(2026, 11, 30, 10, 0, 0, 123456, tzinfo=timezone.utc)
+        marked = maas.mark_deployed(ESXI, when=when)
+        listing = await session.BootResources.read()
+        one = next(r for r in listing if r["name"] == ESXI and r["architecture"] == ARCH)
+        return before, marked, listing, await session.BootResource.read(id=one["id"])
+
+    before, marked, listing, read = run(scenario())
+    assert all(r["last_deployed"] is None for r in before)  # never deployed: null, key present
+    assert marked == 1 and read["last_deployed"] == "2026-11-30T10:00:00.123Z"  # Django's JSON form
+    shown = {(r["name"], r["architecture"]): r["last_deployed"] for r in listing}
+    assert shown[("esxi/8.0-other", ARCH)] is None and shown[(ESXI, "arm64/generic")] is None

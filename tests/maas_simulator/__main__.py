@@ -25,6 +25,8 @@ def parse_arguments(argv):
     parser.add_argument("--version", help="the version string /version/ reports")
     parser.add_argument("--realistic-version", action="store_true",
                         help='report a version like "3.6.4-17013-g.abcdef"')
+    parser.add_argument("--non-admin", action="store_true",
+                        help="the API key is a non-admin user's: no creating boot resources")
     return parser.parse_args(argv)
 
 
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
     simulator = MaasSimulator(arguments.state_dir, mode=arguments.mode, api_key=key,
                               host=arguments.host, port=arguments.port,
                               version=arguments.version,
-                              realistic_version=arguments.realistic_version)
+                              realistic_version=arguments.realistic_version,
+                              admin=not arguments.non_admin)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

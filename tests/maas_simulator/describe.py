@@ -79,6 +79,15 @@ HANDLERS = {
             _action("delete", "DELETE", doc="Delete a notification"),
             _action("dismiss", "POST", op="dismiss", doc="Dismiss a notification"),
         ])),
+    # MAAS's UsersHandler (src/maasserver/api/users.py, 3.4 to 3.8): read, create and op=whoami
+    # (GET), which answers the caller's user as UserHandler shows one.
+    "UsersHandler": ("auth", _handler(
+        "UsersHandler", "Manage the user accounts of this MAAS.", "users/", [],
+        [
+            _action("read", "GET", doc="List users"),
+            _action("create", "POST", doc="Create a MAAS user account"),
+            _action("whoami", "GET", op="whoami", doc="Retrieve logged-in user"),
+        ])),
     "VersionHandler": ("anon", _handler(
         "VersionHandler", "Information about this MAAS instance.", "version/", [],
         [_action("read", "GET", doc="MAAS version information")])),

@@ -340,19 +340,23 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
         method = self.command
         op = query.get("op", [None])[-1]
         parts = endpoint.strip("/").split("/")
-        if op is not None and not (op == "dismiss" and method == "POST" and parts[0] == "notifications"
-                                   and len(parts) == 2):
+        known_ops = {("POST", "notifications", 2, "dismiss"), ("GET", "users", 1, "whoami")}
+        if op is not None and (method, parts[0], len(parts), op) not in known_ops:
             raise ApiError(400, "Unrecognised signature: method=%s op=%s" % (method, op))
         form = lambda: parse_form(self.headers.get("Content-Type", ""), body)  # noqa: E731
+        if parts == ["users"] and op == "whoami":
+            return reply_json(200, self.simulator.whoami())
         if parts == ["boot-resources"]:
             if method == "GET":
                 return reply_json(200, store.list_resources(query.get("type", [None])[-1]))
             if method == "POST":
+                self.admin_only()
                 return reply_json(201, store.create_resource(form()))
         elif parts[0] == "boot-resources" and len(parts) == 2:
             if method == "GET":
                 return reply_json(200, store.read_resource(parts[1]))
             if method == "DELETE":
+                self.admin_only()
                 store.delete_resource(parts[1])
                 return reply(204)
         elif parts[0] == "boot-resources" and len(parts) == 4 and parts[2] == "upload":
@@ -379,6 +383,12 @@ class RegionRequestHandler(BaseHTTPRequestHandler):
         else:
             raise ApiError(404, "Not Found")
         raise ApiError(405, "Method not allowed", "text/plain; charset=utf-8")
+
+    def admin_only(self) -> None:
+        """MAAS's @admin_method (src/maasserver/api/support.py, 3.4 to 3.7; 3.8's
+        CAN_EDIT_BOOT_ENTITIES entitlement gives admins the same): a non-admin's key gets 403."""
+        if not self.simulator.admin:
+            raise ApiError(403, "This method is reserved for admin users.")
 
     # -- control endpoints ---------------------------------------------------------------
     def handle_control(self, endpoint: str, query: dict) -> None:

@@ -39,17 +39,20 @@ class MaasSimulator:
     per-upload .incomplete file), "3.4" (large objects). version: the string
     /version/ reports (default per mode; realistic=True picks a "3.x.y-NNNNN-g.hash" form).
     clock: a callable returning an aware UTC datetime, for set versions.
+    admin: whether the key belongs to a MAAS admin; a non-admin's key authenticates but may not
+    create or delete boot resources.
     """
 
     def __init__(self, state_dir, mode: str = "3.8", api_key: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, version: str | None = None,
                  realistic_version: bool = False, clock=utc_now,
                  synced_names=rules.DEFAULT_SYNCED_NAMES,
-                 architectures=rules.DEFAULT_ARCHITECTURES):
+                 architectures=rules.DEFAULT_ARCHITECTURES, admin: bool = True):
         if mode not in MODES:
             raise ValueError("mode must be one of %s, not %r" % (MODES, mode))
         self.state_dir = Path(state_dir)
         self.mode = mode
+        self.admin = admin
         self.host = host
         self.port = port
         self.version = version or (REALISTIC_VERSIONS if realistic_version else DEFAULT_VERSIONS)[mode]
@@ -146,6 +149,12 @@ class MaasSimulator:
     def clear_faults(self) -> None:
         self.faults.clear()
 
+    # -- what machines do ------------------------------------------------------------------
+    def mark_deployed(self, name: str, when=None, architecture: str = "amd64/generic") -> int:
+        """A machine deployed `name` on `architecture` at `when` (an aware datetime, default now):
+        the boot resources of that name report it as last_deployed. Return how many were marked."""
+        return self.store.mark_deployed(name, architecture, when or self.store.clock())
+
     # -- inspection ------------------------------------------------------------------------
     def log_request(self, method: str, path: str, query: str, status, bytes_in: int) -> None:
         if path.startswith("/MAAS/_sim/"):
@@ -156,6 +165,12 @@ class MaasSimulator:
 
     def version_document(self) -> dict:
         return {"capabilities": VERSION_CAPABILITIES, "version": self.version, "subversion": ""}
+
+    def whoami(self) -> dict:
+        """The key's user as MAAS's `GET users/?op=whoami` answers it (UserHandler's fields)."""
+        username = "admin" if self.admin else "operator"
+        return {"username": username, "email": "%s@example.com" % username, "is_local": True,
+                "is_superuser": self.admin, "resource_uri": "/MAAS/api/2.0/users/%s/" % username}
 
     def resources(self) -> list[dict]:
         """Every boot resource as MAAS reads it back (with sets and files)."""

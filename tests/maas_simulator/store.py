@@ -37,6 +37,14 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def django_json_time(moment: datetime) -> str:
+    """Given an aware datetime, return it as DjangoJSONEncoder writes it (UTC: "...T10:00:00.123Z")."""
+    text = moment.astimezone(timezone.utc).isoformat()
+    if moment.microsecond:
+        text = text[:23] + text[26:]
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def generate_api_key() -> ApiKey:
     """Return a key shaped like MAAS's: 18-char consumer and token keys, 32-char secret."""
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
@@ -209,7 +217,7 @@ class RegionStore:
             "name": resource["name"],
             "architecture": resource["architecture"],
             "resource_uri": "%sboot-resources/%d/" % (API_PREFIX, resource["id"]),
-            "last_deployed": None,
+            "last_deployed": resource.get("last_deployed"),
         }
         answer.update(resource["extra"])
         if resource.get("base_image"):
@@ -327,6 +335,22 @@ class RegionStore:
             self.data["sets"] = [s for s in self.data["sets"] if s["id"] not in set_ids]
             self.data["resources"] = [r for r in self.data["resources"] if r["id"] != resource["id"]]
             self.save()
+
+    def mark_deployed(self, name: str, architecture: str, when: datetime) -> int:
+        """A machine deployed `name` (os/series) on `architecture`: MAAS 3.7+ sets last_deployed on
+        every boot resource of that name whose architecture starts with the machine's, sub-architecture
+        ignored (Node.update_deployment_time, src/maasserver/models/node.py; 3.4 to 3.6 read the same
+        from the newest IMAGE_DEPLOYED event). The API shows it as Django's JSON encoder writes an aware
+        UTC time: milliseconds, 'Z'. Return how many resources it marked."""
+        shown = django_json_time(when)
+        marked = 0
+        with self.lock:
+            for resource in self.data["resources"]:
+                if resource["name"] == name and resource["architecture"].startswith(architecture.split("/", 1)[0]):
+                    resource["last_deployed"] = shown
+                    marked += 1
+            self.save()
+        return marked
 
     def check_upload_target(self, resource_id, file_id) -> tuple[dict, dict]:
         """The look-ups the upload handler makes before it reads the chunk."""

@@ -112,6 +112,8 @@ def check_installed_package(container: Container, debs, tmp_path) -> None:
     assert drop_dir.st_uid == 0 and drop_dir.st_gid == int(group[2])
     assert stat.S_IMODE(os.stat(container.path("/var/lib/esxi-watcher")).st_mode) == 0o750
     assert container.path("/usr/share/man/man8/esxi-watcher.8.gz").is_file()
+    assert container.path("/usr/share/bash-completion/completions/esxi-watcher").is_file()
+    assert container.path("/usr/share/doc/esxi-watcher/README.md.gz").is_file()
 
     # Without MAAS credentials (and without a packer-maas checkout) it runs and says so.
     idle = wait_for("esxi-watcher active with a Status line", lambda: active_with_status(container),

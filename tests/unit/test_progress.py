@@ -185,3 +185,79 @@ def test_console_lines_in_packers_debug_log_count_as_serial_lines():
 
     assert progress.stage == "installing"
     assert progress.installer_error == "An error has occurred while parsing the installation script: error:x:line 1: bad"
+
+
+# ----- JobProgress: the one text of the status line, `status` and the one-shot bar -----
+
+from esxi_watcher.progress import (JobProgress, bar_line, building_text, clock,  # noqa: E402
+                                   uploading_text)
+
+GIB = 1 << 30
+
+
+def test_a_build_shows_its_stage_and_whole_minutes():
+    assert building_text("VMware-8.0U2", "installing", 12 * 60 + 59) == "building VMware-8.0U2 (12 min, installing)"
+    progress = JobProgress("VMware-8.0U2", now=100.0)
+    assert progress.text(100.0) == "building VMware-8.0U2 (0 min, starting)"
+    assert progress.build_stage("installing", 130.0) and not progress.build_stage("installing", 140.0)
+    assert progress.note(100.0 + 125) == "2 min, installing"  # what `status` shows
+    assert bar_line(progress, 100.0 + 125) == "[2:05] building VMware-8.0U2 (2 min, installing)"
+
+
+def test_an_upload_shows_its_share_size_and_eta():
+    assert uploading_text("esxi/8.0.2", "site-a", None, 2 * GIB, 0) == "uploading esxi/8.0.2 to site-a"
+    assert (uploading_text("esxi/8.0.2", "site-a", 0.45, int(2.6 * GIB), 49.2)
+            == "uploading esxi/8.0.2 to site-a: 45% (1.2 GiB of 2.6 GiB, ETA 1 min)")
+    assert uploading_text("esxi/8.0.2", "b", 0.01, GIB, 5.0) == "uploading esxi/8.0.2 to b: 1% (10.2 MiB of 1.0 GiB)"
+    assert uploading_text("esxi/8.0.2", "b", 1.0, GIB, 60.0) == "uploading esxi/8.0.2 to b: 100% (1.0 GiB of 1.0 GiB)"
+    progress = JobProgress("VMware-8.0U2", now=0.0)
+    progress.upload_begins("esxi/8.0.2", "site-a", 4 * GIB, now=600.0)
+    progress.uploaded(0.25, now=700.0)
+    assert progress.text(700.0) == "uploading esxi/8.0.2 to site-a: 25% (1.0 GiB of 4.0 GiB, ETA 5 min)"
+    assert progress.note(700.0) == progress.text(700.0)
+    assert bar_line(progress, 700.0) == ("[11:40] [#####...............] uploading esxi/8.0.2 to site-a: 25% "
+                                         "(1.0 GiB of 4.0 GiB, ETA 5 min)")
+
+
+def test_the_store_gets_an_upload_every_5_percent_or_5_seconds_never_per_chunk():
+    progress = JobProgress("x", now=0.0)
+    progress.upload_begins("esxi/8.0.2", "a", GIB, now=0.0)
+    assert not progress.upload_due(0.0)  # nothing sent yet
+    recorded = []
+    for chunk in range(1, 101):  # 100 chunks of 1 %, 0.01 s apart
+        progress.uploaded(chunk / 100, now=chunk / 100)
+        if progress.upload_due(chunk / 100):
+            recorded.append(chunk)
+    assert recorded == [1, 6, 11, 16, 21, 26, 31, 36, 41, 46, 51, 56, 61, 66, 71, 76, 81, 86, 91, 96, 100]
+    slow = JobProgress("x", now=0.0)
+    slow.upload_begins("esxi/8.0.2", "a", GIB, now=0.0)
+    slow.uploaded(0.01, now=1.0)
+    assert slow.upload_due(1.0)
+    slow.uploaded(0.02, now=3.0)
+    assert not slow.upload_due(3.0)
+    slow.uploaded(0.03, now=6.5)
+    assert slow.upload_due(6.5)  # 5 s passed
+    slow.uploaded(0.01, now=7.0)  # the upload started over
+    assert slow.upload_due(7.0)
+
+
+def test_clock_and_eta_read_like_people_write_them():
+    from esxi_watcher.progress import eta
+
+    assert [clock(s) for s in (0, 65, 3723)] == ["0:00", "1:05", "1:02:03"]
+    assert [eta(s) for s in (40, 61, 3900)] == ["40 s", "2 min", "1 h 05 min"]
+
+
+def test_status_shows_how_far_an_upload_is_from_the_job_s_stage():
+    from esxi_watcher.status import job_table
+    from esxi_watcher.store import Job, Registration, State, Target
+
+    stage = "uploading esxi/8.0.2-1 to default: 45% (1.2 GiB of 2.6 GiB, ETA 1 min)"
+    job = Job(id=7, iso="a.iso", iso_path="/d/a.iso", state=State.BUILT, stage=stage, created=0, updated=0)
+    record = Registration(job=7, target="default", state=Target.UPLOADING, resource="esxi/8.0.2-1", created=0,
+                          updated=0)
+    assert job_table([job], [record]).splitlines()[1].endswith(
+        "esxi/8.0.2-1: uploading 45% (1.2 GiB of 2.6 GiB, ETA 1 min)")
+    building = Job(id=8, iso="b.iso", iso_path="/d/b.iso", state=State.BUILDING, stage="12 min, installing",
+                   created=0, updated=0)
+    assert job_table([building]).splitlines()[1].endswith("b.iso  12 min, installing")

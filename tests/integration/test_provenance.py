@@ -368,15 +368,18 @@ def test_an_image_built_before_recipes_were_recorded_is_not_built_again_by_itsel
 def test_a_changed_kickstart_or_root_password_builds_again_and_the_password_shows_nowhere(tmp_path, simulator,
                                                                                          daemon_factory):
     secret = "Zq7-very-secret-Pa55word!"
+    checkout = tmp_path / "packer-maas"  # a template with a kickstart (KS.CFG) to replace
+    shutil.copytree(TEMPLATES / "kickstart", checkout, symlinks=True)
     kickstart = tmp_path / "ks.cfg"
-    kickstart.write_text("vmaccepteula\ninstall --firstdisk --overwritevmfs\n")
+    kickstart.write_text((checkout / "vmware-esxi" / "KS.CFG").read_text() + "# ours\n")
     password_file = tmp_path / "root-password"
     password_file.write_text(secret + "\n")
     password_file.chmod(0o600)
     (tmp_path / "src").mkdir()
     iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
     daemon = daemon_factory(write_config(tmp_path / "site", simulator, build__kickstart=str(kickstart),
-                                         build__root_password_file=str(password_file)))
+                                         build__root_password_file=str(password_file),
+                                         build__template_dir=str(checkout / "vmware-esxi")))
     drop(iso, daemon.drop_dir)
     first = _show(daemon, daemon.wait_for_state(iso.name, "registered")["id"])
     assert first["provenance"]["kickstart"] == {"file": str(kickstart), "root_password": f"from {password_file}"}
@@ -384,7 +387,7 @@ def test_a_changed_kickstart_or_root_password_builds_again_and_the_password_show
     drop(iso, daemon.drop_dir, "same.iso")
     assert daemon.wait_for_state("same.iso", "duplicate")["duplicate_of"] == first["id"]
 
-    kickstart.write_text("vmaccepteula\ninstall --firstdisk --overwritevmfs\nreboot\n")
+    kickstart.write_text(kickstart.read_text() + "# ours, changed\n")
     drop(iso, daemon.drop_dir, "new kickstart.iso")
     second = _show(daemon, daemon.wait_for_state("new kickstart.iso", "registered")["id"])
 

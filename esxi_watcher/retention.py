@@ -78,14 +78,17 @@ def newness(image: Image) -> tuple[tuple[int, ...], int, int]:
 
 def plan(images: Iterable[Image], keep: int) -> list[LinePlan]:
     """Given a target's registered images and how many to keep per line, return every line's plan,
-    in line order."""
-    lines: dict[tuple[int, int, str], list[Image]] = {}
+    in line order. The jobs whose sets one MAAS resource holds (an ISO built again after its template
+    changed, or by `rebuild`: same name, a new set) count as one image, as new as the newest of them."""
+    lines: dict[tuple[int, int, str], dict[int | None, list[Image]]] = {}
     for image in images:
-        lines.setdefault(image.line, []).append(image)
+        lines.setdefault(image.line, {}).setdefault(image.resource_id, []).append(image)
     plans = []
     for line in sorted(lines):
-        newest_first = sorted(lines[line], key=newness, reverse=True)
-        plans.append(LinePlan(line=line, kept=newest_first[:keep], older=newest_first[keep:]))
+        resources = [sorted(jobs, key=newness, reverse=True) for jobs in lines[line].values()]
+        resources.sort(key=lambda jobs: newness(jobs[0]), reverse=True)
+        plans.append(LinePlan(line=line, kept=[image for jobs in resources[:keep] for image in jobs],
+                              older=[image for jobs in resources[keep:] for image in jobs]))
     return plans
 
 
@@ -188,5 +191,5 @@ def removal_text(image: Image, resource_id: int, line_plan: LinePlan, keep: int,
     newer: esxi/7.0.3-21424296"; with `gone`, why nothing had to be deleted."""
     what = f"{image.resource} set {image.set_version or '?'}"
     done = f"found gone ({gone})" if gone else f"deleted resource {resource_id} ({what})"
-    newer = ", ".join(kept.resource for kept in line_plan.kept)
+    newer = ", ".join(dict.fromkeys(kept.resource for kept in line_plan.kept))
     return f"{done}: keep {keep} of {line_label(line_plan.line)} on {target}, newer: {newer}"

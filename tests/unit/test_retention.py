@@ -144,3 +144,19 @@ def test_the_newest_counts_as_complete_only_if_maas_holds_its_set_complete():
     assert not holds_complete(None, new)  # deleted by hand: nothing older may go
     assert not holds_complete(resource_of(new, extra_sets={"20261201": {"complete": False}}), new)
     assert not holds_complete(dict(resource_of(new), name="esxi/other"), new)
+
+
+def test_an_iso_built_again_into_the_same_resource_counts_once():
+    """A rebuild (or the same ISO after a template change) is a new set of the same MAAS resource: it
+    must not push another release out of `keep`, and its older set goes with the resource."""
+    u1 = image(1, "8.0.1", 100, resource_id=10)
+    u2, u2_rebuilt = image(2, "8.0.2", 200, resource_id=20), image(3, "8.0.2", 200, resource_id=20, set_version="b")
+    [line] = plan([u1, u2, u2_rebuilt], keep=2)
+    assert [i.job for i in line.kept] == [3, 2, 1] and line.older == []
+    [line] = plan([u1, u2, u2_rebuilt], keep=1)
+    assert [i.job for i in line.kept] == [3, 2] and [i.job for i in line.older] == [1]
+    assert removal_text(u1, 10, line, 1, "site-a").endswith("newer: esxi/8.0.2-200")
+    [line] = plan([u1, u2, image(4, "8.0.1", 100, resource_id=10, set_version="c")], keep=1)
+    assert [i.job for i in line.older] == [4, 1]  # the whole older resource, every job's set in it
+    assert judge(resource_of(u1, image(4, "8.0.1", 100, resource_id=10, set_version="c")), 10, line.older, True,
+                 NOW, DAY).action == "delete"

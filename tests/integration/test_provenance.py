@@ -427,3 +427,31 @@ def test_a_queued_file_copied_over_after_a_template_change_keeps_its_job(tmp_pat
                          for e in daemon.log_events()), 30, "the queued job to follow its file")
     assert [job["id"] for job in daemon.jobs() if job["sha256"] == queued["sha256"]] == [queued["id"]]
     assert _job(daemon, queued["id"])["state"] == "queued"
+
+
+def test_a_rebuild_never_pushes_another_release_out_of_keep(tmp_path, simulator, daemon_factory):
+    checkout = _checkout(tmp_path, git=False)
+    (tmp_path / "src").mkdir()
+    older = make_esxi_iso(tmp_path / "src" / "ESXi-7.0U2.iso", version="7.0U2", build=18426014)
+    newer = make_esxi_iso(tmp_path / "src" / "ESXi-7.0U3.iso", version="7.0U3", build=19482537)
+    daemon = daemon_factory(write_config(tmp_path / "site", simulator, maas__keep=2,
+                                         build__template_dir=str(checkout / "vmware-esxi")))
+    for iso in (older, newer):
+        drop(iso, daemon.drop_dir)
+        daemon.wait_for_state(iso.name, "registered")
+    newer_job = daemon.job_for(newer.name)
+    _change_the_template(checkout)
+    accepted = daemon.cli("rebuild", str(newer_job["id"]))
+    assert accepted.returncode == 0, accepted.stderr
+    rebuilt_id = int(accepted.stdout.split()[1])
+    _wait_for_job(daemon, rebuilt_id, "registered")
+
+    def pass_after_the_rebuild() -> bool:
+        events = daemon.log_events()
+        done = [i for i, e in enumerate(events) if e.get("event") == "register.done" and e.get("job") == rebuilt_id]
+        return bool(done) and any(e.get("event") == "retention.pass" for e in events[done[0]:])
+    wait_for(pass_after_the_rebuild, 30, "a retention pass after the rebuild registered")
+    names = {resource["name"] for resource in simulator.resources()}
+    assert {"esxi/7.0.2-18426014", "esxi/7.0.3-19482537"} <= names
+    assert [r["state"] for r in daemon.job_for(older.name)["registrations"]] == ["registered"]
+    assert not [e for e in daemon.log_events() if e.get("event") == "retention.deleted"]

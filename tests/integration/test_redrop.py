@@ -72,8 +72,11 @@ def test_retry_finds_the_iso_wherever_it_was_moved(tmp_path, simulator, daemon_f
     assert result.returncode == 0, result.stderr
     assert "queued again" in result.stdout
     restarted = daemon_factory(config)
-    registered = restarted.wait_for_state(job["iso"], "registered")
-    assert Path(registered["iso_path"]) == restarted.drop_dir / "done" / "renamed by hand.iso"
+    restarted.wait_for_state(job["iso"], "registered")
+    in_done = restarted.drop_dir / "done" / "renamed by hand.iso"
+    # The job is registered first, then its ISO is moved and the move recorded.
+    wait_for(lambda: Path(restarted.job_for(job["iso"])["iso_path"]) == in_done, 20, "the ISO's move to done/")
+    assert in_done.is_file()
     assert len(restarted.jobs()) == 1
 
 

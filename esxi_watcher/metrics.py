@@ -105,7 +105,7 @@ def render(figures: Figures) -> str:
            "Registration tries made on the target, by the jobs in the store.",
            [({"target": t.name}, t.attempts) for t in figures.targets])
     family("esxi_watcher_uploaded_bytes_total", "counter",
-           "Bytes of the images registered on the target, by the jobs in the store.",
+           "Bytes of the images registered on the target (those retention removed since included), by the jobs in the store.",
            [({"target": t.name}, t.uploaded_bytes) for t in figures.targets])
     if figures.last_build_seconds is not None:
         family("esxi_watcher_last_build_duration_seconds", "gauge", "How long the newest build took.",

@@ -626,9 +626,10 @@ class JobStore:
                                 "attempts": row["attempts"] or 0} for row in rows}
 
     def registered_images(self) -> list[tuple[str, str | None, dict | None]]:
-        """(target, the job's kept image, the job's provenance) of each registered image."""
+        """(target, the job's kept image, the job's provenance) of each image registered, including those
+        retention removed since (their bytes were uploaded: a counter of them must not go down)."""
         rows = self._read("SELECT r.target, j.artifact, j.provenance FROM registrations r JOIN jobs j ON j.id = r.job "
-                          "WHERE r.state = ?", (Target.REGISTERED,))
+                          "WHERE r.state IN (?, ?)", (Target.REGISTERED, Target.REMOVED))
         return [(row["target"], row["artifact"], _json_dict(row["provenance"])) for row in rows]
 
     def newest_provenances(self, count: int = 20) -> list[dict]:

@@ -76,3 +76,13 @@ def test_the_file_is_replaced_whole_and_readable_by_node_exporter(tmp_path):
     assert path.stat().st_ino != inode  # renamed over, never rewritten in place
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert os.listdir(tmp_path) == [path.name]  # no temp file left
+
+
+def test_an_image_retention_removed_still_counts_as_uploaded(tmp_path):
+    store = _store(tmp_path)
+    before = _samples(render(figures(store, ["site-a"])))
+    old = store.jobs()[0]
+    store.update_registration(old.id, "site-a", state=Target.REMOVED, removed=1.0, removal="deleted resource 1")
+    after = _samples(render(figures(store, ["site-a"])))
+    key = ("esxi_watcher_uploaded_bytes_total", (("target", "site-a"),))
+    assert after[key] == before[key] == 4096 + 1000  # a counter never goes down when MAAS is tidied

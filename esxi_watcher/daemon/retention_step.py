@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import structlog
 
-from esxi_watcher import maas, retention
+from esxi_watcher import build, maas, retention
 from esxi_watcher.config import TargetConfig
 from esxi_watcher.daemon.activity import Slot
 from esxi_watcher.daemon.context import Context
@@ -192,3 +193,20 @@ class _Pass:
         log.info("retention.gone" if gone else "retention.deleted", job=image.job, target=self.target.name,
                  resource=image.resource, resource_id=image.resource_id, set_version=image.set_version,
                  removal=removal)
+        drop_kept_image(self.context, image.job)
+
+
+def drop_kept_image(context: Context, job_id: int) -> None:
+    """Delete the job's kept image once retention removed it from every target it was on: no target
+    wants it any more, and a target added later should not get an image the others deleted."""
+    records = context.store.registrations(job_id)
+    job = context.store.get(job_id)
+    if job is None or not job.artifact or any(record.state is not Target.REMOVED for record in records):
+        return
+    kept = Path(job.artifact)
+    if kept.parent != context.config.artifacts_dir:
+        return
+    for suffix in ("", build.SHA256_SUFFIX):
+        Path(f"{kept}{suffix}").unlink(missing_ok=True)
+    context.store.update(job_id, artifact=None)
+    log.info("retention.image_file_deleted", job=job_id, path=str(kept))

@@ -41,7 +41,8 @@ def plan(context: Context, job: Job) -> list[str]:
             continue
         if has_image(job) and not (job.artifact and os.path.exists(job.artifact)):
             log.warning("target.image_not_kept", job=job.id, iso=job.iso, target=target.name,
-                        reason="built before images were kept: drop the ISO again to register it there")
+                        reason="its image is not kept (built before images were kept, or removed by maas.keep from "
+                               "every target): `esxi-watcher rebuild` builds it again")
             continue
         resource = decide_resource(store, target, job.facts, job.sha256)
         if store.add_registration(job.id, target.name, resource):

@@ -97,6 +97,10 @@ def test_keep_1_deletes_the_older_70_only_once_the_newer_is_complete_and_never_a
     assert deleted["resource"] == OLD and deleted["removal"] == removed["removal"]
     assert daemon.job_for(old.name)["state"] == "registered"  # the job's outcome stays
     assert "removed: deleted resource" in daemon.cli("status").stdout
+    # Removed from its only target: its kept image file goes too; the newer one's stays.
+    old_image = daemon.state_dir / "artifacts" / f"{daemon.job_for(old.name)['id']}.dd.gz"
+    wait_for(lambda: daemon.job_for(old.name)["artifact"] is None, 20, "the removed image's file deleted")
+    assert not old_image.exists() and Path(daemon.job_for(new.name)["artifact"]).is_file()
 
     # A restart neither uploads the removed image again nor touches the hand-made one.
     creates, passes = _creates(simulator), len(_events(daemon, "retention.pass"))
@@ -268,3 +272,4 @@ def test_only_the_target_with_keep_deletes(tmp_path, simulator, daemon_factory):
         assert OLD not in _names(simulator) and _names(site_b) >= {OLD, NEW}
         assert daemon.wait_for_registration(old.name, "site-b", "registered")["kept"] is None
         assert daemon.job_for(old.name)["state"] == "registered"
+        assert Path(daemon.job_for(old.name)["artifact"]).is_file()  # site-b still holds it

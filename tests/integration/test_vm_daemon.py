@@ -71,7 +71,8 @@ def test_kill9_mid_install_is_cleaned_on_restart_and_completes(tmp_path, simulat
     daemon = daemon_factory(config)
     drop(iso, daemon.drop_dir)
     job = daemon.wait_for_state(iso.name, "building")
-    wait_for(lambda: (daemon.job_for(iso.name) or {}).get("stage") in ("boot command typed", "installing"),
+    # The stage as `status` shows it: "<minutes> min, <stage>".
+    wait_for(lambda: ((daemon.job_for(iso.name) or {}).get("stage") or "").endswith(("boot command typed", "installing")),
              120, "the VM to boot")
     daemon.stop(signal.SIGKILL)
     assert no_processes_of(daemon.marker(job["id"])), "qemu outlives the killed daemon"

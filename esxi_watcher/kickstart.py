@@ -169,7 +169,7 @@ def apply_settings(template_copy: Path, build_config: BuildConfig) -> list[str]:
             f"({' or '.join(KICKSTART_FILES)}) to put it in")
     if build_config.kickstart is not None:
         source = Path(build_config.kickstart)
-        text = _read_kickstart(source)
+        text = _read(source, f"build.kickstart {source}")
         if password is None:
             _check_own_rootpw(text, source)
         for kickstart in kickstarts:
@@ -178,14 +178,6 @@ def apply_settings(template_copy: Path, build_config: BuildConfig) -> list[str]:
     if password is not None:
         done.extend(_put_password(template_copy, kickstarts, password))
     return done
-
-
-def _read_kickstart(source: Path) -> str:
-    try:
-        return _read_text(source)
-    except (OSError, UnicodeDecodeError) as error:
-        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise BadKickstartSettings(f"build.kickstart {source}: {reason}") from None
 
 
 def _check_own_rootpw(text: str, source: Path) -> None:
@@ -270,12 +262,13 @@ def _read_text(path: Path) -> str:
         return file.read()
 
 
-def _read(path: Path) -> str:
+def _read(path: Path, label: str | None = None) -> str:
+    """Given a text file (named in a failure as label, else as a template file), return its text."""
     try:
         return _read_text(path)
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
-        raise BadKickstartSettings(f"template file {path.name}: {reason}") from None
+        raise BadKickstartSettings(f"{label or f'template file {path.name}'}: {reason}") from None
 
 
 def _rewrite(path: Path, text: str) -> None:

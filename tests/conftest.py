@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,11 @@ def daemon_factory(tmp_path):
         daemon.shut_down()
 
 
+@pytest.fixture
+def small_state_dir(tmp_path):
+    """The site's state dir on an 8 MiB tmpfs: too small for a build (tests/harness.write_config's layout)."""
+    state = tmp_path / "site" / "state"
+    state.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
+    yield state
+    subprocess.run(["umount", "-l", str(state)], check=False)

@@ -13,15 +13,6 @@ from tests.harness import drop, wait_for, write_config
 from tests.isogen import make_esxi_iso
 
 
-@pytest.fixture
-def small_state_dir(tmp_path):
-    state = tmp_path / "site" / "state"
-    state.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
-    yield state
-    subprocess.run(["umount", "-l", str(state)], check=False)
-
-
 def _grow(state: Path) -> None:
     subprocess.run(["mount", "-o", "remount,size=96m", str(state)], check=True)
 

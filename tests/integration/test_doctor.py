@@ -124,15 +124,6 @@ def test_a_missing_state_dir_fails(tmp_path, simulator):
     assert checks["state dir"]["fix"].startswith(f"mkdir -p {tmp_path / 'nowhere'}")
 
 
-@pytest.fixture
-def small_state_dir(tmp_path):
-    state = tmp_path / "site" / "state"
-    state.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(state)], check=True)
-    yield state
-    subprocess.run(["umount", "-l", str(state)], check=False)
-
-
 def test_a_state_dir_too_small_for_a_build_fails_the_disk_check(tmp_path, simulator, small_state_dir):
     config = site(tmp_path, simulator)
     iso = tmp_path / "site" / "drop" / "waiting.iso"

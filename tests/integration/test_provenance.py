@@ -36,6 +36,16 @@ def _checkout(tmp_path: Path, *, git: bool = True) -> Path:
     return checkout
 
 
+def _site_on_checkout(tmp_path, simulator, daemon_factory, iso_name: str):
+    """A git checkout of the test template, an ESXi ISO to drop, and a daemon building from the checkout."""
+    checkout = _checkout(tmp_path)
+    (tmp_path / "src").mkdir()
+    iso = make_esxi_iso(tmp_path / "src" / iso_name)
+    config = write_config(tmp_path / "site", simulator, build__template_dir=str(checkout / "vmware-esxi"))
+    daemon = daemon_factory(config)
+    return checkout, iso, daemon
+
+
 def _change_the_template(checkout: Path) -> None:
     """An admin's edit of the template's script: the image it makes differs too."""
     with open(checkout / "scripts" / "shape-disk", "a") as script:
@@ -92,11 +102,8 @@ def _assert_full_provenance(shown: dict, iso: Path, simulator) -> None:
 
 
 def test_same_iso_changed_template_is_built_again_unchanged_is_a_duplicate(tmp_path, simulator, daemon_factory):
-    checkout = _checkout(tmp_path)
-    (tmp_path / "src").mkdir()
-    iso = make_esxi_iso(tmp_path / "src" / "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso")
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
-                                         build__template_dir=str(checkout / "vmware-esxi")))
+    checkout, iso, daemon = _site_on_checkout(tmp_path, simulator, daemon_factory,
+                                              "VMware-VMvisor-Installer-8.0U2-22380479.x86_64.iso")
 
     drop(iso, daemon.drop_dir)
     first = daemon.wait_for_state(iso.name, "registered")
@@ -143,11 +150,7 @@ def test_same_iso_changed_template_is_built_again_unchanged_is_a_duplicate(tmp_p
 
 
 def test_rebuild_refused_while_unchanged_accepted_after_a_change(tmp_path, simulator, daemon_factory):
-    checkout = _checkout(tmp_path)
-    (tmp_path / "src").mkdir()
-    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
-                                         build__template_dir=str(checkout / "vmware-esxi")))
+    checkout, iso, daemon = _site_on_checkout(tmp_path, simulator, daemon_factory, "esxi.iso")
     drop(iso, daemon.drop_dir)
     first = daemon.wait_for_state(iso.name, "registered")
 
@@ -233,11 +236,7 @@ def test_template_source_without_a_checkout_or_without_git(tmp_path, monkeypatch
 
 
 def test_a_failed_rebuild_is_retried_with_its_iso_left_in_done(tmp_path, simulator, daemon_factory):
-    checkout = _checkout(tmp_path)
-    (tmp_path / "src").mkdir()
-    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
-                                         build__template_dir=str(checkout / "vmware-esxi")))
+    checkout, iso, daemon = _site_on_checkout(tmp_path, simulator, daemon_factory, "esxi.iso")
     drop(iso, daemon.drop_dir)
     first = daemon.wait_for_state(iso.name, "registered")
     in_done = daemon.drop_dir / "done" / iso.name
@@ -265,11 +264,7 @@ def test_a_failed_rebuild_is_retried_with_its_iso_left_in_done(tmp_path, simulat
 
 
 def test_a_rebuild_refuses_an_iso_that_changed_in_place(tmp_path, simulator, daemon_factory):
-    checkout = _checkout(tmp_path)
-    (tmp_path / "src").mkdir()
-    iso = make_esxi_iso(tmp_path / "src" / "esxi.iso")
-    daemon = daemon_factory(write_config(tmp_path / "site", simulator,
-                                         build__template_dir=str(checkout / "vmware-esxi")))
+    checkout, iso, daemon = _site_on_checkout(tmp_path, simulator, daemon_factory, "esxi.iso")
     drop(iso, daemon.drop_dir)
     first = daemon.wait_for_state(iso.name, "registered")
     _change_the_template(checkout)

@@ -70,6 +70,15 @@ def _reload(daemon, config: Path, **maas_keys) -> None:
     daemon.process.send_signal(signal.SIGHUP)
 
 
+
+def _register_old_and_new(tmp_path: Path, daemon) -> tuple[Path, Path]:
+    """Drop the older 7.0 ISO, then the newer one, each registered before the next."""
+    old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
+    for iso in (old, new):
+        drop(iso, daemon.drop_dir)
+        _registered(daemon, iso)
+    return old, new
+
 def test_keep_1_deletes_the_older_70_only_once_the_newer_is_complete_and_never_a_hand_made_one(
         tmp_path, simulator, daemon_factory):
     config = write_config(tmp_path / "site", simulator, maas__keep=1)
@@ -174,10 +183,7 @@ def test_lines_are_major_minor_and_vendor(tmp_path, simulator, daemon_factory):
 def test_keep_unset_deletes_nothing(tmp_path, simulator, daemon_factory):
     config = write_config(tmp_path / "site", simulator)
     daemon = daemon_factory(config)
-    old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
-    for iso in (old, new):
-        drop(iso, daemon.drop_dir)
-        _registered(daemon, iso)
+    old, new = _register_old_and_new(tmp_path, daemon)
     _reload(daemon, config)
     wait_for(lambda: _events(daemon, "config.reloaded"), 30, "the reload")
     assert _names(simulator) >= {OLD, NEW}
@@ -240,10 +246,7 @@ def test_nothing_older_goes_while_the_newest_is_missing_from_maas(tmp_path, simu
     """An admin deleted the newest image by hand: the older one is all that is left, and stays."""
     config = write_config(tmp_path / "site", simulator)
     daemon = daemon_factory(config)
-    old, new = _iso(tmp_path, "7.0U3", 19482537), _iso(tmp_path, "7.0U3", 21424296)
-    for iso in (old, new):
-        drop(iso, daemon.drop_dir)
-        _registered(daemon, iso)
+    old, new = _register_old_and_new(tmp_path, daemon)
     simulator.store.delete_resource(_registration(daemon, new)["resource_id"])
     _reload(daemon, config, keep=1)
     kept = wait_for(lambda: _registration(daemon, old)["kept"], 30, "the reason the older image is kept")
